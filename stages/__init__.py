@@ -1,0 +1,1 @@
+"""One program per stage. Each module exposes ``Config`` (a pydantic model) and ``run(cfg, out) -> dict``."""
