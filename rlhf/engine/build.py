@@ -1,0 +1,81 @@
+"""Build a DeepSpeed engine for one model inside an already-formed process group (Ray Train or a PPO role group)."""
+
+from __future__ import annotations
+
+import math
+import os
+import torch
+
+from rlhf.engine.deepspeed_config import deepspeed_config
+from rlhf.sections import DeepSpeedSection, OptimSection
+
+
+def quiet_deepspeed() -> None:
+    """Keep DeepSpeed from JIT-building its shared-memory comm op (~30 s) on CPU; must run before init_distributed."""
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed() -> None:
+    """Join the process group Ray Train (or our role group) set up; gloo on CPU, NCCL on GPU."""
+    import deepspeed
+
+    quiet_deepspeed()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def lr_lambda(optim: OptimSection, total_steps: int):
+    """Multiplier on the peak LR at optimizer step s: linear warmup, then cosine/linear/constant decay to min_lr_ratio."""
+    warmup = max(optim.warmup_steps, int(optim.warmup_ratio * total_steps))
+    floor = optim.min_lr_ratio
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if optim.schedule == "constant" or total_steps <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if optim.schedule == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def build_engine(
+    model: torch.nn.Module,
+    ds: DeepSpeedSection,
+    optim: OptimSection | None,
+    total_steps: int,
+    trainable: bool = True,
+) -> "deepspeed.DeepSpeedEngine":
+    """Wrap ``model`` in DeepSpeed. ``trainable=False`` gives an inference engine (ZeRO-3 sharded if asked) with no optimizer."""
+    import deepspeed
+    import torch.distributed as dist
+
+    on_gpu = torch.cuda.is_available()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    config = deepspeed_config(ds, optim if trainable else None, world, on_gpu)
+    if not trainable:
+        model.requires_grad_(False)
+        if ds.zero_stage != 3:
+            config["zero_optimization"] = {"stage": 0}
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def make_scheduler(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=make_scheduler)
+    return engine

@@ -1,0 +1,144 @@
+"""Run a function on N Ray Train workers (TorchTrainer) with a progress bar on the driver.
+
+The driver joins the Ray cluster named by the config or RAY_ADDRESS (a job submitted to a cluster), or starts a local
+instance. Progress comes from tailing the stage's metrics.jsonl, so workers never pay for ``ray.train.report``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhf.errors import UserError
+from rlhf.metrics import read_metrics
+from rlhf.sections import ResourcesSection
+
+# Environment a worker needs to behave like the driver (offline hubs, quiet tokenizers).
+PASS_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "RLHF_CACHE")
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join RAY_ADDRESS / ``address`` if given, else start a local instance (dashboard on: Ray Train needs it)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": True}
+    if target:
+        ray.init(address=target, **kwargs)
+    else:
+        ray.init(include_dashboard=True, **kwargs)
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _entry(config: dict) -> None:
+    """Ray Train worker entry: threads first (Ray starts workers with one), then the stage's function."""
+    import torch
+
+    threads = int(config["threads"])
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    config["fn"](config["arg"])
+
+
+class Progress:
+    """A tqdm bar fed by the rows rank 0 appends to metrics.jsonl."""
+
+    def __init__(self, out: Path, total: int | None, desc: str):
+        self.out, self.total, self.desc = out, total, desc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+        shown = 0
+        while not self._stop.wait(1.0):
+            rows = [r for r in read_metrics(self.out) if "loss" in r or "reward_mean" in r]
+            if rows:
+                last = rows[-1]
+                step = int(last.get("step", 0))
+                if step > shown:
+                    bar.update(step - shown)
+                    shown = step
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "reward_mean", "tokens_per_s")})
+        bar.close()
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """Unwrap Ray's error wrappers down to the worker's own exception."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None) or err.__cause__
+        worker_errors = getattr(err, "worker_failures", None) or getattr(err, "_worker_failures", None)
+        if isinstance(worker_errors, dict) and worker_errors:
+            inner = next(iter(worker_errors.values()))
+        if inner is None:
+            break
+        err = inner
+    return err
+
+
+def run_workers(
+    fn: Callable[[Any], Any],
+    arg: Any,
+    resources: ResourcesSection,
+    out: Path,
+    name: str,
+    total_steps: int | None = None,
+) -> None:
+    """Run ``fn(arg)`` on ``resources.num_workers`` Ray Train workers in one torch process group."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray(resources.address)
+    use_gpu = cluster_has_gpus() if resources.use_gpu == "auto" else bool(resources.use_gpu)
+    threads = resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
+    trainer = TorchTrainer(
+        _entry,
+        train_loop_config={"fn": fn, "arg": arg, "threads": threads},
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"{name}-{int(time.time())}",
+            storage_path=str((out / "ray").resolve()),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    with Progress(out, total_steps, desc=name):
+        try:
+            trainer.fit()
+        except Exception as err:  # Ray wraps worker errors; show the worker's own
+            cause = root_cause(err)
+            if isinstance(cause, UserError):
+                raise UserError(str(cause)) from None
+            raise RuntimeError(f"{name} failed on a worker: {type(cause).__name__}: {cause}") from err

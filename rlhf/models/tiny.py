@@ -1,0 +1,77 @@
+"""Embedded LLaMA models built from a config, so every stage runs offline on a fresh checkout.
+
+``embedded:<name>`` resolves to an HF dir under the cache, written once (deterministic weights from a fixed seed)
+and then loaded through the same ``from_pretrained`` path as any hub or local model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from rlhf.errors import UserError
+from rlhf.paths import REPO_ROOT
+
+PREFIX = "embedded:"
+
+# name -> LlamaConfig overrides. vocab_size comes from the tokenizer.
+SIZES: dict[str, dict] = {
+    # ~3.6M params: the default for tiny configs and tests.
+    "tiny-llama": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
+                       num_key_value_heads=6, max_position_embeddings=1024),
+    # ~25M params with the 32k LLaMA vocab: the SFT throughput benchmark's model.
+    "llama-25m": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                      num_key_value_heads=6, max_position_embeddings=2048),
+    # ~1.1B params (TinyLlama shape): the GPU benchmark's model.
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                     num_key_value_heads=4, max_position_embeddings=2048),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLHF_CACHE", REPO_ROOT / ".cache")) / "embedded"
+
+
+def is_embedded(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def llama_config(name: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, **overrides):
+    from transformers import LlamaConfig
+
+    if name not in SIZES:
+        raise UserError(f"unknown embedded model '{PREFIX}{name}'; choose one of: {', '.join(PREFIX + n for n in SIZES)}")
+    return LlamaConfig(
+        vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, **{**SIZES[name], **overrides},
+    )
+
+
+def materialize(path: str, tokenizer_path: str | None = None, seed: int = 0) -> str:
+    """``embedded:NAME[@tokenizer]`` -> a local HF dir (built on first use, atomically)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
+
+    name = path[len(PREFIX):]
+    tok_name = tokenizer_path or (EMBEDDED_TOKENIZER if name != "llama-25m" else EMBEDDED_TOKENIZER)
+    key = f"{name}-{abs(hash(tok_name)) % 10**8 if tok_name != EMBEDDED_TOKENIZER else 'embtok'}-s{seed}"
+    target = cache_dir() / key
+    if (target / "config.json").is_file():
+        return str(target)
+    tok = load_tokenizer(tok_name)
+    config = llama_config(name, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

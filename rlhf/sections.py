@@ -1,0 +1,85 @@
+"""Config sections shared by the training stages (SFT, RM, PPO). Each field is documented here, once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rlhf.config import Section
+
+
+class ModelSection(Section):
+    path: str = Field("embedded:tiny-llama", description="HF model id, local HF dir, or embedded:<name> (built offline)")
+    tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's own")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 0 plain DDP, 1 optimizer, 2 +gradients, 3 +parameters")
+    offload_optimizer: bool = Field(False, description="keep optimizer state on CPU (ZeRO-Offload; needs zero_stage>=1)")
+    offload_params: bool = Field(False, description="keep parameters on CPU (ZeRO-Infinity; needs zero_stage=3)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU (fp32 is faster than bf16 on CPUs)"
+    )
+    micro_batch_size: int = Field(4, ge=1, description="sequences per worker per forward pass")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    gradient_clipping: float = Field(1.0, ge=0, description="max global grad norm (0 = off)")
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self):
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage = 3")
+        return self
+
+
+class OptimSection(Section):
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps (optimizer steps)")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a share of total steps (used if larger)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final LR as a share of the peak")
+
+
+class TrainSection(Section):
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (when max_steps is unset)")
+    seed: int = Field(0, description="seed for init, data order and sampling")
+    log_every: int = Field(1, ge=1, description="write a metrics.jsonl row every N optimizer steps")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = only at the end)")
+    checkpoint_every: int = Field(0, ge=0, description="save HF dir + DeepSpeed state every N steps (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep on disk")
+
+
+class ResourcesSection(Section):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per worker; auto = if the cluster has GPUs")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
+    address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
+
+
+class DataSection(Section):
+    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet) or hub dataset name")
+    split: str | None = Field(None, description="split for hub datasets (default train)")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
+        "auto", description="record format; auto detects by keys"
+    )
+    template: Literal["alpaca", "vicuna", "koala", "chat"] = Field("alpaca", description="prompt template")
+    max_length: int = Field(512, description="tokens per sequence; longer ones are truncated")
+    packing: bool = Field(False, description="concatenate examples into max_length blocks")
+    eval_path: str | None = Field(None, description="separate eval file; default: hold out eval_fraction of path")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of rows held out for eval when eval_path is unset")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows (quick tries)")
+
+    @field_validator("max_length")
+    @classmethod
+    def _positive_length(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("max_length must be > 0")
+        return v
