@@ -1,0 +1,141 @@
+"""Label masking, prompt prefixes and truncation of rlhf.data.templates; packing of rlhf.data.packing."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf.data.packing import pack
+from rlhf.data.templates import encode_conversation, encode_prompt, encode_prompt_response, render_text
+from rlhf.errors import UserError
+from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
+
+TWO_TURNS = [
+    {"role": "user", "content": "Add 2 and 3."},
+    {"role": "assistant", "content": "2 plus 3 is 5."},
+    {"role": "user", "content": "Is 5 even?"},
+    {"role": "assistant", "content": "No, 5 is odd."},
+]
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(EMBEDDED_TOKENIZER)
+
+
+def spans(tokenizer, encoded: dict[str, list[int]]) -> list[tuple[bool, str]]:
+    """Runs of (trained?, decoded text); trained tokens must carry their own id as label."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token, label in zip(encoded["input_ids"], encoded["labels"]):
+        trained = label != -100
+        if trained:
+            assert label == token
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token)
+        else:
+            runs.append((trained, [token]))
+    return [(trained, tokenizer.decode(ids)) for trained, ids in runs]
+
+
+def test_vicuna_masks_everything_but_the_answers_and_their_eos(tokenizer) -> None:
+    encoded = encode_conversation(TWO_TURNS, "vicuna", tokenizer, 512)
+    assert encoded["input_ids"][0] == tokenizer.bos_token_id
+    assert spans(tokenizer, encoded) == [
+        (False, f"<s>{VICUNA_SYSTEM} USER: Add 2 and 3. ASSISTANT:"),
+        (True, " 2 plus 3 is 5.</s>"),
+        (False, "USER: Is 5 even? ASSISTANT:"),
+        (True, " No, 5 is odd.</s>"),
+    ]
+
+
+def test_vicuna_system_message_replaces_the_default(tokenizer) -> None:
+    messages = [{"role": "system", "content": "Be brief."}] + TWO_TURNS[:2]
+    assert spans(tokenizer, encode_conversation(messages, "vicuna", tokenizer, 512))[0] == (
+        False, "<s>Be brief. USER: Add 2 and 3. ASSISTANT:")
+    assert render_text(messages, "koala") == "Be brief. USER: Add 2 and 3. GPT: 2 plus 3 is 5.</s>"
+
+
+def test_alpaca_with_input_and_a_second_turn(tokenizer) -> None:
+    messages = [{"role": "user", "content": "Reverse the word.\n\nabc", "instruction": "Reverse the word.",
+                 "input": "abc"}, {"role": "assistant", "content": "cba"},
+                {"role": "user", "content": "Now uppercase it."}, {"role": "assistant", "content": "CBA"}]
+    assert spans(tokenizer, encode_conversation(messages, "alpaca", tokenizer, 512)) == [
+        (False, "<s>Below is an instruction that describes a task, paired with an input that provides further "
+                "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                "Reverse the word.\n\n### Input:\nabc\n\n### Response:"),
+        (True, " cba</s>"),
+        (False, "\n\n### Instruction:\nNow uppercase it.\n\n### Response:"),
+        (True, " CBA</s>"),
+    ]
+
+
+def test_alpaca_without_input(tokenizer) -> None:
+    assert spans(tokenizer, encode_conversation(TWO_TURNS[:2], "alpaca", tokenizer, 512))[0] == (
+        False, "<s>Below is an instruction that describes a task. Write a response that appropriately completes "
+               "the request.\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:")
+
+
+def test_chat_template_prefix_diff_masks_the_template_newline(tokenizer) -> None:
+    messages = [{"role": "system", "content": "Be brief."}] + TWO_TURNS
+    assert spans(tokenizer, encode_conversation(messages, "chat", tokenizer, 512)) == [
+        (False, "<s>Be brief.\nUSER: Add 2 and 3.\nASSISTANT:"),
+        (True, " 2 plus 3 is 5.</s>"),
+        (False, "\nUSER: Is 5 even?\nASSISTANT:"),
+        (True, " No, 5 is odd.</s>"),
+        (False, "\n"),
+    ]
+
+
+@pytest.mark.parametrize("template", ["alpaca", "vicuna", "koala", "chat"])
+def test_prompt_is_a_prefix_of_the_conversation(tokenizer, template: str) -> None:
+    full = encode_conversation(TWO_TURNS, template, tokenizer, 512)["input_ids"]
+    for end in (1, 3):
+        prompt = encode_prompt(TWO_TURNS[:end], template, tokenizer)
+        assert full[: len(prompt)] == prompt
+        assert full[len(prompt)] != tokenizer.eos_token_id  # the answer starts right after
+    answer = encode_prompt_response(TWO_TURNS[:3], "No, 5 is odd.", template, tokenizer, 512)
+    assert answer == full[: len(answer)] and answer[-1] == tokenizer.eos_token_id
+
+
+def test_prompt_must_end_with_user(tokenizer) -> None:
+    with pytest.raises(UserError, match="must end with a user turn"):
+        encode_prompt(TWO_TURNS[:2], "vicuna", tokenizer)
+
+
+def test_truncation_keeps_the_start(tokenizer) -> None:
+    full = encode_conversation(TWO_TURNS, "vicuna", tokenizer, 512)
+    cut = encode_conversation(TWO_TURNS, "vicuna", tokenizer, 7)
+    assert cut == {"input_ids": full["input_ids"][:7], "labels": full["labels"][:7]}
+    with pytest.raises(UserError, match="max_length must be a positive integer"):
+        encode_conversation(TWO_TURNS, "vicuna", tokenizer, 0)
+
+
+def test_prompt_response_truncation_keeps_bos_and_the_end(tokenizer) -> None:
+    prompt = encode_prompt(TWO_TURNS[:1], "vicuna", tokenizer)
+    full = encode_prompt_response(TWO_TURNS[:1], "2 plus 3 is 5.", "vicuna", tokenizer, 512)
+    answer = full[len(prompt):]
+    cut = encode_prompt_response(TWO_TURNS[:1], "2 plus 3 is 5.", "vicuna", tokenizer, len(answer) + 4)
+    assert cut == prompt[:1] + prompt[-3:] + answer
+    tiny = encode_prompt_response(TWO_TURNS[:1], "2 plus 3 is 5.", "vicuna", tokenizer, 3)
+    assert tiny == [tokenizer.bos_token_id, answer[0], tokenizer.eos_token_id]
+
+
+def test_unknown_template(tokenizer) -> None:
+    with pytest.raises(UserError, match="unknown template 'llama9'"):
+        encode_conversation(TWO_TURNS, "llama9", tokenizer, 10)
+
+
+def test_pack_greedy_blocks_and_separates_examples() -> None:
+    a = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}
+    b = {"input_ids": [4, 5], "labels": [4, 5]}
+    c = {"input_ids": [6, 7, 8, 9], "labels": [6, 7, 8, 9]}
+    too_long = {"input_ids": [1, 2, 3, 4, 5, 6, 7], "labels": [1, 2, 3, 4, 5, 6, 7]}
+    assert pack([a, b, c, too_long], max_length=5) == [
+        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5]},
+        {"input_ids": [6, 7, 8, 9], "labels": [-100, 7, 8, 9]},
+        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, 4, 5]},
+    ]
+    assert a["labels"] == [-100, 2, 3] and b["labels"] == [4, 5]  # inputs untouched
+    with pytest.raises(UserError):
+        pack([a], max_length=0)
