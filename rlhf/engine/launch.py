@@ -18,16 +18,19 @@ from rlhf.sections import ResourcesSection
 
 # Environment a worker needs to behave like the driver (offline hubs, quiet tokenizers).
 PASS_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "RLHF_CACHE")
+# Library progress bars and warnings that would drown the stage's own progress line in worker logs.
+QUIET_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
 
 
 def worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
+    return {**QUIET_ENV, **env}
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join RAY_ADDRESS / ``address`` if given, else start a local instance (dashboard on: Ray Train needs it)."""
+    """Join RAY_ADDRESS / ``address`` if given (``auto`` finds a ``ray start`` head on this machine), else start a
+    private local instance (dashboard on: Ray Train needs it)."""
     import ray
 
     if ray.is_initialized():
@@ -37,7 +40,7 @@ def ensure_ray(address: str | None = None) -> None:
     if target:
         ray.init(address=target, **kwargs)
     else:
-        ray.init(include_dashboard=True, **kwargs)
+        ray.init(address="local", include_dashboard=True, **kwargs)
 
 
 def cluster_has_gpus() -> bool:

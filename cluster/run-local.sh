@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job on one machine: set up the venv, then `rlhf run` (the embedded default RLHF pipeline, offline).
+# Usage: bash cluster/run-local.sh [rlhf run arguments...]   e.g.  bash cluster/run-local.sh --out runs/default
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+exec bash cluster/netns.sh rlhf run "$@"

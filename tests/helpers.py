@@ -1,0 +1,29 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PLAIN_LOAD = """
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+ids = tok("Name three colors.", return_tensors="pt")
+out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+assert out.shape[1] > ids["input_ids"].shape[1], out.shape
+print("GENERATED", out.shape[1] - ids["input_ids"].shape[1])
+"""
+
+
+def load_and_generate_plain(model_dir: str | Path) -> str:
+    """Load an HF dir with plain transformers (no project code imported) in a fresh process, and generate."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, str(model_dir)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -1,0 +1,89 @@
+"""Typed configs: overrides, unknown keys with suggestions, type errors, and every shipped YAML validates."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import apply_overrides, describe_fields, load_config, parse_override, validate
+from rlhf.errors import UserError
+from rlhf.paths import CONFIGS_DIR
+
+
+def sft_config():
+    from stages.sft import Config
+
+    return Config
+
+
+def test_parse_override_types():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=1.0e-3") == (["a"], 1e-3)
+    assert parse_override("x.y=true") == (["x", "y"], True)
+    assert parse_override("x=[1, 2]") == (["x"], [1, 2])
+    assert parse_override("x=hello world") == (["x"], "hello world")
+    with pytest.raises(UserError, match="expected key.sub=value"):
+        parse_override("novalue")
+
+
+def test_apply_overrides_creates_sections():
+    data = apply_overrides({"a": {"b": 1}}, ["a.c=2", "d.e.f=x"])
+    assert data == {"a": {"b": 1, "c": 2}, "d": {"e": {"f": "x"}}}
+
+
+def test_unknown_key_names_closest(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  path: data/instructions.jsonl\noptim:\n  lrr: 0.1\n")
+    with pytest.raises(UserError) as err:
+        load_config(sft_config(), cfg)
+    assert "unknown key 'optim.lrr'" in str(err.value) and "did you mean 'optim.lr'" in str(err.value)
+    assert str(cfg) in str(err.value)
+
+
+def test_unknown_top_level_key_from_override():
+    with pytest.raises(UserError, match="unknown key 'trian'; did you mean 'train'"):
+        validate(sft_config(), apply_overrides({"data": {"path": "x"}}, ["trian.max_steps=3"]), "cli")
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(UserError, match=r"key 'train.max_steps'.*got 'many'"):
+        validate(sft_config(), {"data": {"path": "x"}, "train": {"max_steps": "many"}}, "cli")
+
+
+def test_max_length_must_be_positive():
+    with pytest.raises(UserError, match="data.max_length.*max_length must be > 0"):
+        validate(sft_config(), {"data": {"path": "x", "max_length": 0}}, "cli")
+
+
+def test_offload_rules():
+    with pytest.raises(UserError, match="offload_params needs zero_stage = 3"):
+        validate(sft_config(), {"data": {"path": "x"}, "deepspeed": {"zero_stage": 2, "offload_params": True}}, "cli")
+
+
+def test_every_field_is_documented():
+    for key, _, desc in describe_fields(sft_config()):
+        assert desc, f"field {key} has no description"
+
+
+def stage_yaml_files() -> list[Path]:
+    from stages import STAGES
+
+    return sorted(p for p in CONFIGS_DIR.rglob("*.yaml") if p.parent.name in STAGES)
+
+
+@pytest.mark.parametrize("path", stage_yaml_files(), ids=lambda p: str(p.relative_to(CONFIGS_DIR)))
+def test_shipped_stage_config_validates(path: Path):
+    from stages import STAGES, load_stage
+
+    stage = path.parent.name
+    if importlib.util.find_spec(STAGES[stage]) is None:
+        pytest.fail(f"{path} is shipped but stage '{stage}' does not exist")
+    load_config(load_stage(stage).Config, path)
+
+
+def test_every_shipped_yaml_has_a_run_header():
+    for path in CONFIGS_DIR.rglob("*.yaml"):
+        header = " ".join(line for line in path.read_text().splitlines()[:4] if line.startswith("#"))
+        assert "rlhf " in header, f"{path}: the header comment must give the command that runs it"
