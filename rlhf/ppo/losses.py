@@ -122,3 +122,15 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
         rows.append(torch.logsumexp(z, dim=-1) - (F.softmax(z, dim=-1) * z).sum(dim=-1))
     return torch.stack(rows)
 
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entropy term of the PPO objective (Schulman et al. 2017, eq. 9: L = L_clip - c1 L_VF + c2 S), as a loss.
+
+    entropy: [B, T] per-token entropy (``entropy_from_logits``), mask: [B, T]. Returns (-coef * H, H) where
+    H = token-level masked mean entropy (OpenRLHF ``entropy_loss_coef``); add the first to the policy loss.
+    """
+    if coef < 0:
+        raise ValueError(f"entropy coef must be >= 0, got {coef}")
+    mean_entropy = masked_mean(entropy, mask)
+    return -coef * mean_entropy, mean_entropy.detach()

@@ -1,0 +1,116 @@
+"""Typed config sections of the PPO stage (prompts, roles, reward, rollout, algorithm, loop, resources).
+
+Defaults follow TRL's old PPOTrainer / OpenRLHF where they agree; every field documents itself for ``--help``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rlhf.config import Section
+from rlhf.sections import OptimSection
+
+
+class PromptsSection(Section):
+    path: str = Field(..., description="prompt records: alpaca (output optional), sharegpt, messages or prompt rows")
+    split: str | None = Field(None, description="split for hub datasets (default train)")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
+        "auto", description="record format; auto detects by keys"
+    )
+    template: Literal["alpaca", "vicuna", "koala", "chat"] = Field("alpaca", description="prompt template")
+    max_prompt_length: int = Field(256, ge=1, description="prompts longer than this many tokens are skipped")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows")
+
+
+class CriticSection(Section):
+    path: str | None = Field(
+        None, description="critic init: an RM dir or a causal-LM dir (new value head); default: reward.model, else the actor"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+
+
+class RewardSection(Section):
+    model: str | None = Field(None, description="reward-model dir from the rm stage (LlamaForSequenceClassification)")
+    url: str | None = Field(None, description="remote scorer: http://host:port/score (ours) or .../get_reward (OpenRLHF)")
+    protocol: Literal["auto", "score", "get_reward"] = Field(
+        "auto", description="remote protocol; auto = from the URL path"
+    )
+    function: str | None = Field(None, description="programmatic reward 'module:callable'(prompts, responses) -> scores")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for reward.function")
+    timeout_s: float = Field(60.0, gt=0, description="remote scorer: seconds per request")
+    retries: int = Field(3, ge=0, description="remote scorer: retries after a failed request")
+    clip: float | None = Field(None, gt=0, description="clip scores to [-clip, clip] (DeepSpeed-Chat)")
+    normalize: bool = Field(False, description="divide scores by their running std after centring (TRL use_score_norm)")
+    missing_eos_penalty: float | None = Field(
+        None, description="subtracted from the score of a response that hit max_new_tokens without EOS"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self):
+        given = [k for k in ("model", "url", "function") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of reward.model, reward.url, reward.function (got {given or 'none'})")
+        if self.function and ":" not in self.function:
+            raise ValueError("reward.function must look like 'package.module:callable'")
+        return self
+
+
+class RolloutSection(Section):
+    prompts_per_iteration: int = Field(16, ge=1, description="prompts sampled (one response each) per PPO iteration")
+    max_new_tokens: int = Field(32, ge=1, description="response length cap")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    forward_batch_size: int = Field(16, ge=1, description="sequences per forward pass when scoring experience")
+
+
+class AlgorithmSection(Section):
+    ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step, over all workers of a role")
+    clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip bound c > 1 for negative advantages (off if unset)")
+    value_clip: float | None = Field(0.2, gt=0, description="value clip around old values (off if unset)")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight in the policy loss")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    whiten_advantages: bool = Field(True, description="normalise advantages per rollout batch")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the reward penalty")
+    kl_coef: float = Field(0.05, ge=0, description="KL coefficient (the initial one when adaptive)")
+    kl_target: float | None = Field(None, gt=0, description="adaptive KL target (Ziegler et al.); unset = fixed coefficient")
+    kl_horizon: float = Field(10000.0, gt=0, description="adaptive KL horizon in samples")
+
+
+class LoopSection(Section):
+    iterations: int = Field(30, ge=1, description="PPO iterations (rollout + update)")
+    seed: int = Field(0, description="seed for prompt order, sampling and minibatch order")
+    log_every: int = Field(1, ge=1, description="print a progress line every N iterations (metrics.jsonl gets all)")
+    checkpoint_every: int = Field(0, ge=0, description="save actor/critic/controller state every N iterations (0 = off)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints to keep on disk")
+    max_nonfinite_in_a_row: int = Field(3, ge=1, description="stop after this many skipped (non-finite) updates in a row")
+
+
+class PPOResourcesSection(Section):
+    actor_workers: int = Field(1, ge=1, description="data-parallel actor workers (one DeepSpeed group)")
+    critic_workers: int = Field(1, ge=1, description="data-parallel critic workers (one DeepSpeed group)")
+    ref_workers: int = Field(1, ge=1, description="reference-model workers")
+    reward_workers: int = Field(1, ge=1, description="reward workers (RM or reward function)")
+    colocate_actor_ref: bool = Field(False, description="actor and reference worker i share one bundle (needs equal counts)")
+    colocate_critic_reward: bool = Field(False, description="critic and reward worker i share one bundle (needs equal counts)")
+    cpus_per_bundle: float = Field(1.0, gt=0, description="CPUs per placement-group bundle; colocated roles split it")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per bundle; auto = if the cluster has GPUs")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs / actor workers)")
+    address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
+
+    @model_validator(mode="after")
+    def _colocated_counts_match(self):
+        if self.colocate_actor_ref and self.actor_workers != self.ref_workers:
+            raise ValueError("colocate_actor_ref needs actor_workers == ref_workers")
+        if self.colocate_critic_reward and self.critic_workers != self.reward_workers:
+            raise ValueError("colocate_critic_reward needs critic_workers == reward_workers")
+        return self
+
+
+def default_critic_optim() -> OptimSection:
+    # The critic learns a fresh (or RM-initialised) value function: a higher LR than the actor, as in DeepSpeed-Chat.
+    return OptimSection(lr=5e-4, schedule="constant")

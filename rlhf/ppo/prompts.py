@@ -1,0 +1,43 @@
+"""PPO prompts: records in any data-loader format -> token ids (the template's generation prompt) plus the text
+the reward sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhf.data.formats import Message, to_prompt_messages
+from rlhf.data.io import read_rows
+from rlhf.data.templates import encode_prompt
+from rlhf.errors import UserError
+from rlhf.ppo.config import PromptsSection
+
+
+@dataclass
+class Prompt:
+    ids: list[int]  # the templated prompt the actor continues
+    messages: list[Message]  # the conversation up to the user turn (RMs re-encode with their own template)
+    text: str  # what remote services and reward functions get as "prompt"
+
+
+def prompt_text(messages: list[Message]) -> str:
+    """The user's request for a single-turn prompt; for multi-turn, every turn as "role: content" lines."""
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def load_prompts(section: PromptsSection, tokenizer) -> tuple[list[Prompt], int]:
+    """(prompts, number skipped for exceeding max_prompt_length). A UserError when none are left."""
+    rows = read_rows(section.path, section.split)[: section.limit]
+    prompts, skipped = [], 0
+    for row in rows:
+        messages = to_prompt_messages(row, section.format)
+        ids = encode_prompt(messages, section.template, tokenizer)
+        if len(ids) > section.max_prompt_length:
+            skipped += 1
+            continue
+        prompts.append(Prompt(ids, messages, prompt_text(messages)))
+    if not prompts:
+        raise UserError(f"{section.path}: no prompts within prompts.max_prompt_length={section.max_prompt_length}")
+    return prompts, skipped

@@ -1,0 +1,270 @@
+"""The four PPO roles, one Ray actor class each: actor, critic (trained, DeepSpeed), reference, reward (frozen).
+
+Each role's workers form their own torch process group (rank 0 picks MASTER_ADDR = its node IP and a free port),
+as OpenRLHF's ``PPORayActorGroup`` does, so a role's ZeRO collectives never mix with another role's. Trained
+roles wrap their model with ``rlhf.engine.build.build_engine``; one PPO minibatch is one optimizer step.
+Every method takes and returns CPU tensors (they travel through Ray's object store).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf.engine import checkpoint as ckpt
+from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
+from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
+                                 response_logits, response_logprobs, response_token_values)
+from rlhf.ppo.losses import entropy_bonus, entropy_from_logits, policy_loss, value_loss
+from rlhf.ppo.minibatch import run_update
+from rlhf.sections import DeepSpeedSection, OptimSection
+
+
+@dataclass
+class RoleSpec:
+    """Everything a worker needs; picklable (Ray ships it)."""
+
+    model_path: str
+    tokenizer_path: str
+    deepspeed: DeepSpeedSection
+    algo: AlgorithmSection
+    rollout: RolloutSection
+    threads: int
+    seed: int = 0
+    optim: OptimSection | None = None
+    total_steps: int = 1
+    mini_batch_per_worker: int = 1
+    gradient_checkpointing: bool = False
+    reward: RewardSection | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach().to("cpu")
+
+
+class RoleWorker:
+    """One process of a role. ``join`` forms the role's process group and calls ``setup``."""
+
+    def __init__(self, spec: RoleSpec, rank: int, world: int) -> None:
+        os.environ.update(spec.env)
+        os.environ["OMP_NUM_THREADS"] = str(spec.threads)
+        torch.set_num_threads(spec.threads)
+        self.spec, self.rank, self.world = spec, rank, world
+
+    def address(self) -> tuple[str, int]:
+        """(node IP, a free TCP port) for this group's rendezvous; called on rank 0."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, master_addr: str, master_port: int) -> None:
+        # Ray pins each worker's GPU via CUDA_VISIBLE_DEVICES, so the local device is always index 0.
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        init_distributed()
+        torch.manual_seed(self.spec.seed + self.rank)
+        self.dev = device()
+        self.setup()
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def to_dev(self, obj):
+        return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
+
+
+class TrainedRole(RoleWorker):
+    """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
+
+    def build(self, model: torch.nn.Module) -> None:
+        # One minibatch per optimizer step (see rlhf.ppo.minibatch): DeepSpeed's batch = this worker's minibatch.
+        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": self.spec.mini_batch_per_worker,
+                                                    "gradient_accumulation_steps": 1})
+        self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
+
+    def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def train(self, experience: Experience, iteration: int) -> dict[str, float]:
+        """PPO epochs over this worker's rows; stats averaged over steps and ranks."""
+        self.engine.train()
+        seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
+        return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
+                          seed, self.loss, self.dev)
+
+    def save_state(self, root: str, iteration: int, client_state: dict) -> None:
+        ckpt.save_training_state(self.engine, Path(root), iteration, client_state)
+
+    def load_state(self, root: str, iteration: int) -> None:
+        """Restore the DeepSpeed state (and this rank's RNG) saved at ``iteration``."""
+        tag = f"step_{iteration}"
+        path, _ = self.engine.load_checkpoint(root, tag=tag)
+        if path is None:
+            raise RuntimeError(f"no DeepSpeed checkpoint {root}/{tag}")
+        rng_file = Path(root) / tag / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file():
+            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+
+    def save_hf(self, out_dir: str) -> None:
+        state_dict = ckpt.full_state_dict(self.engine)  # every rank: ZeRO-3 gathers shards
+        if self.rank == 0:
+            from rlhf.models.tokenizer import load_tokenizer
+
+            module, state_dict = self.hf_module(state_dict)
+            ckpt.save_hf_dir(module, state_dict, load_tokenizer(self.spec.tokenizer_path), out_dir)
+        ckpt.barrier()
+
+    def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        return self.engine.module, state_dict
+
+
+class ActorWorker(TrainedRole):
+    """The policy: samples rollouts with its own weights and takes clipped policy-gradient steps."""
+
+    def setup(self) -> None:
+        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.tokenizer import load_tokenizer
+
+        model = load_causal_lm(self.spec.model_path)
+        if self.spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        tok = load_tokenizer(self.spec.tokenizer_path)
+        self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
+        self.build(model)
+
+    def generate(self, prompts: list[list[int]], seed: int) -> tuple[list[list[int]], dict[str, float]]:
+        from rlhf.ppo.rollout import generate
+
+        return generate(self.engine, prompts, self.spec.rollout, self.eos_id, self.pad_id, seed + self.rank)
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Old log-probs and per-token entropy [B, R] of the policy that sampled ``rollout``."""
+        self.engine.eval()
+        logp, ent = batched_logprobs(self.engine, self.to_dev(rollout), self.spec.rollout.temperature,
+                                     self.spec.rollout.forward_batch_size, with_entropy=True)
+        self.engine.train()
+        return cpu(logp), cpu(ent)
+
+    def loss(self, engine, batch: Experience):
+        algo, mask = self.spec.algo, batch.rollout.response_mask
+        logits = response_logits(engine, batch.rollout)
+        logp = response_logprobs(logits, batch.rollout, self.spec.rollout.temperature)
+        loss, stats = policy_loss(logp, batch.old_logp, batch.advantages, mask, algo.clip_eps, algo.dual_clip)
+        stats["policy_loss"] = loss.detach()
+        if algo.entropy_coef > 0:
+            bonus, entropy = entropy_bonus(entropy_from_logits(logits / self.spec.rollout.temperature), mask,
+                                           algo.entropy_coef)
+            loss = loss + bonus
+            stats["train_entropy"] = entropy
+        return loss, stats
+
+
+class CriticWorker(TrainedRole):
+    """The value function: per-token values from a reward-model-shaped network, clipped value loss."""
+
+    def setup(self) -> None:
+        from rlhf.models.reward import TokenValues, load_reward_model
+        from rlhf.models.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(self.spec.tokenizer_path)
+        classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
+        if self.spec.gradient_checkpointing:
+            classifier.gradient_checkpointing_enable()
+        self.build(TokenValues(classifier))
+
+    @torch.no_grad()
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        self.engine.eval()
+        v = batched_values(self.engine, self.to_dev(rollout), self.spec.rollout.forward_batch_size)
+        self.engine.train()
+        return cpu(v)
+
+    def loss(self, engine, batch: Experience):
+        values = response_token_values(engine, batch.rollout)
+        loss, stats = value_loss(values, batch.old_values, batch.returns, batch.rollout.response_mask,
+                                 self.spec.algo.value_clip)
+        stats["value_loss"] = loss.detach()
+        return loss, stats
+
+    def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        from rlhf.models.reward import unwrap_state_dict
+
+        return self.engine.module.classifier, unwrap_state_dict(state_dict)
+
+
+class ReferenceWorker(RoleWorker):
+    """The frozen SFT policy; its log-probs anchor the KL penalty. ZeRO-3 sharded for inference if asked."""
+
+    def setup(self) -> None:
+        from rlhf.models.loading import load_causal_lm
+
+        model = load_causal_lm(self.spec.model_path).eval().requires_grad_(False)
+        if self.spec.deepspeed.zero_stage == 3:
+            self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
+        else:
+            self.model = model.to(self.dev)
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout) -> torch.Tensor:
+        logp, _ = batched_logprobs(self.model, self.to_dev(rollout), self.spec.rollout.temperature,
+                                   self.spec.rollout.forward_batch_size)
+        return cpu(logp)
+
+
+class RewardWorker(RoleWorker):
+    """Scores responses: a reward-model dir, a remote service, or a Python function (exactly one)."""
+
+    def setup(self) -> None:
+        from rlhf.models.tokenizer import load_tokenizer
+
+        reward = self.spec.reward
+        self.tokenizer = load_tokenizer(self.spec.tokenizer_path)
+        self.scorer = self.remote = self.function = None
+        if reward.model:
+            from rlhf.models.reward import RewardScorer
+
+            self.scorer = RewardScorer(reward.model, device=self.dev)
+        elif reward.url:
+            from rlhf.ppo.remote_reward import RemoteReward
+
+            self.remote = RemoteReward(reward.url, reward.protocol, reward.timeout_s, reward.retries)
+        else:
+            from rlhf.ppo.reward_functions import load_reward_function
+
+            self.function = load_reward_function(reward.function)
+
+    def response_texts(self, rollout: Rollout) -> list[str]:
+        """Each response's tokens up to its end, EOS dropped, decoded."""
+        out = []
+        for ids, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
+            ids = ids[: int(sum(mask))]
+            if ids and ids[-1] == self.tokenizer.eos_token_id:
+                ids = ids[:-1]
+            out.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return out
+
+    def score(self, rollout: Rollout, prompt_messages: list[list[dict]], prompt_texts: list[str]) -> torch.Tensor:
+        """[B] scores. An RM re-encodes each (prompt, response) with its own template and tokenizer and reads the
+        last token (normalized by the RM's training statistics when its config has them)."""
+        responses = self.response_texts(rollout)
+        if self.scorer is not None:
+            normalize = self.scorer.mean is not None and bool(self.scorer.std)
+            scores = self.scorer.score_pairs(prompt_messages, responses, normalize=normalize,
+                                             batch_size=self.spec.rollout.forward_batch_size)
+        elif self.remote is not None:
+            scores = self.remote.score(prompt_texts, responses)
+        else:
+            scores = self.function(prompt_texts, responses, **self.spec.reward.kwargs)
+            if len(scores) != len(responses):
+                raise ValueError(f"reward.function returned {len(scores)} scores for {len(responses)} responses")
+        return torch.tensor([float(s) for s in scores], dtype=torch.float32)

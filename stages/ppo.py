@@ -1,0 +1,164 @@
+"""PPO stage: optimise the SFT policy against a reward with a KL penalty to the SFT model (InstructGPT, sec. 3.5).
+
+    rlhf stage ppo --config configs/ppo/tiny.yaml --out runs/ppo [key.sub=value ...]
+
+validate (typed config, batch arithmetic) -> setup (prompts; Ray placement group; actor, critic, reference and
+reward workers, each role in its own process group) -> train (the controller's loop: rollout, experience, PPO
+epochs; metrics, checkpoints, NaN safety) -> save (OUT/actor and OUT/critic as HF dirs, manifest.json last).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pydantic import Field
+
+from rlhf.config import Section
+from rlhf.engine.launch import cluster_has_gpus, ensure_ray, root_cause, worker_env
+from rlhf.errors import UserError
+from rlhf.manifest import StageRun
+from rlhf.metrics import read_metrics
+from rlhf.models.loading import resolve_model_path
+from rlhf.models.tokenizer import load_tokenizer
+from rlhf.ppo.config import (AlgorithmSection, CriticSection, LoopSection, PPOResourcesSection, PromptsSection,
+                             RewardSection, RolloutSection, default_critic_optim)
+from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection
+
+
+class Config(Section):
+    """PPO with a separate critic and a frozen reference."""
+
+    actor: ModelSection = Field(default_factory=ModelSection, description="the policy to optimise (an SFT dir)")
+    critic: CriticSection = Field(default_factory=CriticSection, description="the value model")
+    reward: RewardSection = Field(..., description="where scores come from: model, url or function")
+    prompts: PromptsSection = Field(..., description="prompts to sample responses for")
+    rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection, description="PPO hyperparameters")
+    loop: LoopSection = Field(default_factory=LoopSection, description="iterations, checkpoints, safety")
+    actor_optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-5, schedule="constant"),
+                                      description="actor optimizer")
+    critic_optim: OptimSection = Field(default_factory=default_critic_optim, description="critic optimizer")
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO and precision (trained roles)")
+    resources: PPOResourcesSection = Field(default_factory=PPOResourcesSection, description="workers and placement")
+
+
+def check_batch_arithmetic(cfg: Config) -> None:
+    """Every role's workers get equal shares and every minibatch splits evenly (DP ranks must step together)."""
+    n, mb, res = cfg.rollout.prompts_per_iteration, cfg.algorithm.mini_batch_size, cfg.resources
+    if n % mb:
+        raise UserError(f"rollout.prompts_per_iteration={n} must be a multiple of algorithm.mini_batch_size={mb}")
+    for key in ("actor_workers", "critic_workers", "ref_workers", "reward_workers"):
+        workers = getattr(res, key)
+        if n % workers:
+            raise UserError(f"rollout.prompts_per_iteration={n} must be a multiple of resources.{key}={workers}")
+    for key in ("actor_workers", "critic_workers"):
+        if mb % getattr(res, key):
+            raise UserError(f"algorithm.mini_batch_size={mb} must be a multiple of resources.{key}={getattr(res, key)}")
+
+
+def mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(out: Path, iterations: int) -> dict:
+    """Manifest metrics: reward means over the first and last 10% of (good) iterations, the last KL, time split."""
+    rows = [r for r in read_metrics(out) if "reward_mean" in r]
+    k = max(1, math.ceil(0.1 * len(rows)))
+    return {
+        "reward_first": mean_of(rows[:k], "reward_mean"),
+        "reward_last": mean_of(rows[-k:], "reward_mean"),
+        "kl_last": rows[-1]["kl"] if rows else None,
+        "iterations": iterations,
+        "skipped_updates": sum(1 for r in read_metrics(out) if r.get("skipped")),
+        **{key: mean_of(rows, key) for key in ("time_generation_s", "time_scoring_s", "time_training_s",
+                                               "time_weight_sync_s", "time_iteration_s")},
+    }
+
+
+def run(cfg: Config, out: str | Path) -> dict:
+    from rlhf.ppo.controller import Controller
+    from rlhf.ppo.prompts import load_prompts
+
+    out = Path(out)
+    check_batch_arithmetic(cfg)
+    actor_path = resolve_model_path(cfg.actor.path, cfg.actor.tokenizer)
+    tokenizer_path = cfg.actor.tokenizer or actor_path
+    reward_model = resolve_model_path(cfg.reward.model) if cfg.reward.model else None
+    critic_path = resolve_model_path(cfg.critic.path) if cfg.critic.path else (reward_model or actor_path)
+    inputs = {"actor": actor_path, "critic": critic_path, "reward_model": reward_model, "prompts": cfg.prompts.path}
+    with StageRun("ppo", out, cfg, inputs=inputs) as stage:
+        tokenizer = load_tokenizer(tokenizer_path)
+        prompts, skipped = load_prompts(cfg.prompts, tokenizer)
+        print(f"[rlhf] ppo: {len(prompts)} prompts ({skipped} over max_prompt_length skipped), "
+              f"{cfg.loop.iterations} iterations x {cfg.rollout.prompts_per_iteration} -> {out}", flush=True)
+        try:
+            with launch_roles(cfg, actor_path, critic_path, tokenizer_path, reward_model) as roles:
+                controller = Controller(cfg, out, roles, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                controller.run()
+                controller.save_outputs()
+        except Exception as err:  # Ray wraps a worker's exception; a user's mistake stays one line
+            cause = root_cause(err)
+            if isinstance(cause, UserError) and cause is not err:
+                raise UserError(str(cause)) from None
+            raise
+        metrics = summarize(out, cfg.loop.iterations)
+        manifest = stage.complete(metrics, outputs={"actor": out / "actor", "critic": out / "critic",
+                                                    "metrics": out / "metrics.jsonl"})
+    print(f"[rlhf] ppo done: actor -> {out / 'actor'}", flush=True)
+    return manifest
+
+
+class launch_roles:
+    """Context manager: placement group + the four role groups; kills the workers and frees the bundles on exit."""
+
+    def __init__(self, cfg: Config, actor_path: str, critic_path: str, tokenizer_path: str, reward_model: str | None):
+        self.cfg, self.paths = cfg, (actor_path, critic_path, tokenizer_path, reward_model)
+        self.groups: list = []
+        self.pg = None
+
+    def __enter__(self):
+        import ray
+
+        from rlhf.ppo.controller import Roles
+        from rlhf.ppo.group import RoleGroup
+        from rlhf.ppo.placement import create_placement_group, plan
+        from rlhf.ppo.roles import ActorWorker, CriticWorker, ReferenceWorker, RewardWorker, RoleSpec
+
+        cfg, res = self.cfg, self.cfg.resources
+        actor_path, critic_path, tokenizer_path, reward_model = self.paths
+        ensure_ray(res.address)
+        use_gpu = cluster_has_gpus() if res.use_gpu == "auto" else bool(res.use_gpu)
+        bundles, slots = plan(res, use_gpu)
+        self.pg = create_placement_group(bundles)
+        threads = res.threads_per_worker or max(1, round(res.cpus_per_bundle))
+        steps = cfg.loop.iterations * cfg.algorithm.ppo_epochs * (cfg.rollout.prompts_per_iteration
+                                                                   // cfg.algorithm.mini_batch_size)
+        common = dict(tokenizer_path=tokenizer_path, deepspeed=cfg.deepspeed, algo=cfg.algorithm,
+                      rollout=cfg.rollout, threads=threads, seed=cfg.loop.seed, total_steps=steps, env=worker_env())
+        specs = {
+            "actor": RoleSpec(model_path=actor_path, optim=cfg.actor_optim, gradient_checkpointing=cfg.actor.gradient_checkpointing,
+                              mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.actor_workers, **common),
+            "critic": RoleSpec(model_path=critic_path, optim=cfg.critic_optim,
+                               gradient_checkpointing=cfg.critic.gradient_checkpointing,
+                               mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.critic_workers, **common),
+            "ref": RoleSpec(model_path=actor_path, **common),
+            "reward": RoleSpec(model_path=reward_model or actor_path, reward=cfg.reward, **common),
+        }
+        classes = {"actor": ActorWorker, "critic": CriticWorker, "ref": ReferenceWorker, "reward": RewardWorker}
+        built = {}
+        for role in ("actor", "critic", "ref", "reward"):
+            built[role] = RoleGroup(role, classes[role], specs[role], slots[role], self.pg)
+            self.groups.append(built[role])
+        # All roles load their models at the same time; each group still rendezvouses on its own port.
+        ray.get([ref for group in self.groups for ref in group.start_join()])
+        return Roles(**built)
+
+    def __exit__(self, *exc) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in self.groups:
+            group.kill()
+        if self.pg is not None:
+            remove_placement_group(self.pg)
