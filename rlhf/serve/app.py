@@ -57,12 +57,21 @@ class ScoringBackend(Protocol):
     def score(self, items: list[Encoded]) -> Awaitable[list[float]]: ...
 
 
+UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}  # loc parts pydantic adds for union members
+
+
 def describe_validation_error(err: RequestValidationError) -> str:
-    """FastAPI's list of pydantic errors as one line naming the field: ``pairs[2].prompt: Input should be ...``."""
-    first = err.errors()[0]
+    """FastAPI's list of pydantic errors as one line naming the field: ``pairs[2].prompt: Input should be ...``.
+
+    The deepest error wins: for ``prompt: str | list[Message]`` a bad role is more telling than "not a string".
+    """
+    first = max(err.errors(), key=lambda e: len(e.get("loc", ())))
     where = ""
     for part in first.get("loc", ())[1:]:  # drop the leading "body"
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part not in UNION_TAGS and "[" not in part:
+            where += f".{part}" if where else str(part)
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     return f"{where}: {message}" if where else f"request body: {message}"
 
