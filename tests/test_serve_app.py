@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from rlhf.errors import UserError
+from rlhf.paths import CONFIGS_DIR
 from rlhf.models.reward import RewardScorer
 from rlhf.serve.app import build_app
 from rlhf.serve.auth import presented_token, read_token, token_digest, token_matches
@@ -236,3 +237,22 @@ def test_cli_flags_override_yaml(tmp_path):
     args.overrides = ["limits.max_itemz=3"]
     with pytest.raises(UserError, match="max_itemz"):
         config_from_args(args)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS_DIR / "serve").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_serve_configs_validate(path):
+    from rlhf.config import load_config
+    from rlhf.serve.config import ServeConfig
+
+    cfg = load_config(ServeConfig, path, ["model_dir=runs/rm"])
+    assert cfg.host == "127.0.0.1"
+
+
+def test_cli_refuses_bad_input_before_starting_anything(tmp_path, monkeypatch, capsys):
+    from rlhf.cli import main
+
+    monkeypatch.delenv("RM_TOKEN_UNSET", raising=False)
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--token-env", "RM_TOKEN_UNSET"]) == 2
+    assert "RM_TOKEN_UNSET" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from rlhf.data.templates import render_text
 from rlhf.models.reward import RewardScorer
 from rlhf.serve.auth import token_digest
 from rlhf.serve.config import ServeConfig
-from rlhf.serve.launch import metrics_url, start_service, stop_service, wait_healthy
+from rlhf.serve.launch import free_port, metrics_url, start_service, stop_service, wait_healthy
 from rlhf.serve.random_rm import write_random_reward_model
 
 pytestmark = pytest.mark.slow
@@ -31,12 +30,6 @@ WORDS = "the a reward model scores answers to questions about colours numbers ca
 class Service:
     url: str
     scorer: RewardScorer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_pairs(n: int, seed: int) -> list[tuple[str, str]]:

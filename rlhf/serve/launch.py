@@ -124,3 +124,12 @@ def wait_healthy(url: str, token: str | None = None, timeout_s: float = 120.0) -
             last = type(err).__name__
         time.sleep(0.5)
     raise RuntimeError(f"{url}/health did not answer 200 within {timeout_s:.0f} s (last: {last})")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for tests and benchmarks that start a service)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
