@@ -1,7 +1,8 @@
 """Judges that turn K sampled responses per prompt into one (chosen, rejected) pair, or none.
 
 - ``programmatic``: a ``module:callable`` taking ``(prompt_rows, response_lists, **kwargs)`` and returning one
-  ``(chosen, rejected)`` or None per prompt (e.g. ``rlhf.world.annotators:simulated_judge``), with optional label
+  ``(chosen, rejected)`` or None per prompt (e.g. ``rlhf.world.annotators:simulated_judge``, or
+  :func:`reference_judge` here, which prefers the response closest to a reference answer), with optional label
   noise on top: each pair is swapped with probability ``noise``, as AlpacaFarm's simulated annotators
   (Dubois et al. 2023, arXiv:2305.14387, Sec. 3.2) flip about 25% of labels;
 - ``rm``: a reward-model dir scored with :class:`rlhf.models.reward.RewardScorer`; the best-scored response is
@@ -79,6 +80,34 @@ def load_callable(spec: str) -> Callable:
     if not callable(fn):
         raise UserError(f"judge callable '{spec}': {module_name} has no function '{attr}'")
     return fn
+
+
+def reference_judge(
+    prompt_rows: list[dict], response_lists: list[list[str]], reference_key: str = "output"
+) -> list[Pair | None]:
+    """A programmatic judge that needs no trained model: prefer the response closest to the row's reference answer.
+
+    Closeness is ROUGE-L F1 over words (``rouge-score``, no stemming) against ``row[reference_key]``, ties broken
+    by the same F1 over characters (so that even an untrained policy's samples, which rarely share a word with the
+    reference, are ranked): the reference-guided grading of MT-bench (arXiv:2306.05685, Sec. 3.4) reduced to a
+    string metric. Chosen is the closest response, rejected the farthest; None when the row has no reference or
+    all responses are equally close.
+    Usage: ``judge: {kind: programmatic, callable: rlhf.collect.judges:reference_judge}``.
+    """
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pairs: list[Pair | None] = []
+    for row, responses in zip(prompt_rows, response_lists, strict=True):
+        reference = row.get(reference_key)
+        if not isinstance(reference, str) or not reference.strip():
+            pairs.append(None)
+            continue
+        scores = [(scorer.score(reference, r)["rougeL"].fmeasure,
+                   rouge_scorer._score_lcs(list(reference), list(r)).fmeasure) for r in responses]
+        best, worst = max(range(len(scores)), key=scores.__getitem__), min(range(len(scores)), key=scores.__getitem__)
+        pairs.append(None if scores[best] == scores[worst] else (responses[best], responses[worst]))
+    return pairs
 
 
 def _check_pair(result: object, responses: list[str], spec: str) -> Pair | None:
