@@ -6,6 +6,7 @@ and then loaded through the same ``from_pretrained`` path as any hub or local mo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -17,12 +18,12 @@ PREFIX = "embedded:"
 
 # name -> LlamaConfig overrides. vocab_size comes from the tokenizer.
 SIZES: dict[str, dict] = {
-    # ~3.6M params: the default for tiny configs and tests.
+    # ~2.5M params: the default for tiny configs and tests.
     "tiny-llama": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
                        num_key_value_heads=6, max_position_embeddings=1024),
-    # ~25M params with the 32k LLaMA vocab: the SFT throughput benchmark's model.
-    "llama-25m": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
-                      num_key_value_heads=6, max_position_embeddings=2048),
+    # ~26M params (with the embedded tokenizer): the SFT throughput benchmark's model.
+    "llama-25m": dict(hidden_size=512, intermediate_size=1280, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=8, max_position_embeddings=2048),
     # ~1.1B params (TinyLlama shape): the GPU benchmark's model.
     "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                      num_key_value_heads=4, max_position_embeddings=2048),
@@ -56,8 +57,9 @@ def materialize(path: str, tokenizer_path: str | None = None, seed: int = 0) -> 
     from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 
     name = path[len(PREFIX):]
-    tok_name = tokenizer_path or (EMBEDDED_TOKENIZER if name != "llama-25m" else EMBEDDED_TOKENIZER)
-    key = f"{name}-{abs(hash(tok_name)) % 10**8 if tok_name != EMBEDDED_TOKENIZER else 'embtok'}-s{seed}"
+    tok_name = tokenizer_path or EMBEDDED_TOKENIZER
+    tok_key = "embtok" if tok_name == EMBEDDED_TOKENIZER else hashlib.sha256(tok_name.encode()).hexdigest()[:10]
+    key = f"{name}-{tok_key}-s{seed}"
     target = cache_dir() / key
     if (target / "config.json").is_file():
         return str(target)
