@@ -28,6 +28,7 @@ from rlhf.errors import UserError
 from rlhf.manifest import StageRun
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import load_causal_lm, resolve_model_path
+from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.sections import DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
 
@@ -37,6 +38,7 @@ class Config(Section):
 
     model: ModelSection = Field(default_factory=ModelSection, description="the policy to fine-tune")
     data: DataSection = Field(..., description="demonstrations")
+    lora: LoraSection | None = Field(None, description="train LoRA adapters instead of all weights; saves the merged model")
     optim: OptimSection = Field(default_factory=OptimSection, description="optimizer and LR schedule")
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
@@ -58,12 +60,10 @@ class SFTTask:
     out: str
     pad_id: int
     gradient_checkpointing: bool = False
+    lora: LoraSection | None = None
 
     def build_model(self) -> torch.nn.Module:
-        model = load_causal_lm(self.model_path)
-        if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
+        return prepare_for_training(load_causal_lm(self.model_path), self.lora, self.gradient_checkpointing)
 
     def examples(self, split: str) -> list[dict]:
         return load_examples(self.out, split)
@@ -89,6 +89,8 @@ class SFTTask:
         return {"loss": sums["loss_sum"] / max(sums["targets"], 1.0)}
 
     def save(self, engine, state_dict, out_dir: Path) -> None:
+        if self.lora is not None:
+            state_dict = merge_lora_state_dict(state_dict, self.lora.scaling)
         save_hf_dir(engine.module, state_dict, load_tokenizer(self.tokenizer_path), out_dir)
 
 
@@ -137,7 +139,8 @@ def run(cfg: Config, out: str | Path) -> dict:
         world = cfg.resources.num_workers
         steps = total_steps(len(train), cfg.deepspeed.micro_batch_size * cfg.deepspeed.gradient_accumulation_steps * world, cfg.train)
         print(f"[rlhf] sft: {len(train)} train / {len(evals)} eval examples, {steps} steps on {world} worker(s) -> {out}", flush=True)
-        task = SFTTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
+        task = SFTTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id,
+                       cfg.model.gradient_checkpointing, cfg.lora)
         spec = LoopSpec(str(out.resolve()), task, cfg.deepspeed, cfg.optim, cfg.train)
         run_workers(train_loop, spec, cfg.resources, out, "sft", total_steps=steps)
         result = json.loads((out / "train_result.json").read_text())

@@ -51,6 +51,8 @@ class TrainTask(Protocol):
         """Rank 0: write an HF dir that plain transformers loads."""
 
     # Optional: train_metrics(sums) -> dict, extra per-step metrics from the summed loss() stats.
+    # Optional: before_save(evaluate) -> None, called on every rank before the final save; evaluate(examples) runs
+    # eval_sums/eval_metrics over any examples (e.g. the RM's reward mean/std over the training data).
 
 
 @dataclass
@@ -192,6 +194,8 @@ def train_loop(spec: LoopSpec) -> dict:
             t_window = time.perf_counter()
 
     final_eval = evaluate(task, engine, eval_ex, micro, dev) if eval_ex else {}
+    if hasattr(task, "before_save"):  # e.g. statistics over the train data for the saved model; all ranks run it
+        task.before_save(lambda examples: evaluate(task, engine, examples, micro, dev))
     sd = ckpt.full_state_dict(engine)
     result: dict[str, Any] = {}
     if rank == 0:

@@ -1,0 +1,159 @@
+"""Reward models: an HF ``*ForSequenceClassification`` (num_labels=1) read at the last real token.
+
+The same code scores in training (under DeepSpeed), in the scoring service and in PPO's reward role:
+- ``last_token_scores``: per-token values [B, T] -> the value at each row's last attended token, for left or right
+  padding (PPO's critic reuses it);
+- ``TokenValues``: the classifier's score head applied at every position, with positions counted from the attention
+  mask so that left- and right-padded batches give the same numbers;
+- ``pairwise_loss``: the Bradley-Terry loss of InstructGPT (Ouyang et al. 2022), the per-pair margin of Llama 2
+  (Touvron et al. 2023) and the reward-centering term of Eisenstein et al. 2023 ("Helping or Herding?");
+- ``RewardScorer``: load a saved RM dir and score texts, token ids or (prompt, response) pairs.
+
+A saved RM is a plain HF dir; its config.json carries ``rlhf_reward_mean``/``rlhf_reward_std`` (over the training
+data, for normalizing), ``rlhf_template`` and ``rlhf_max_length`` (how the RM's inputs were built).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.errors import UserError
+
+MEAN_KEY, STD_KEY, TEMPLATE_KEY, MAX_LENGTH_KEY = "rlhf_reward_mean", "rlhf_reward_std", "rlhf_template", "rlhf_max_length"
+
+
+def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """values [B, T], attention_mask [B, T] (1 = real token) -> [B]: each row's value at its last real token.
+
+    Works for left padding, right padding and none; a row with no real token reads position 0.
+    """
+    positions = torch.arange(values.shape[1], device=values.device)
+    last = (positions * attention_mask.to(values.device).long()).argmax(dim=1)
+    return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] position ids counted over real tokens only (0 on left padding), as generation does."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+class TokenValues(torch.nn.Module):
+    """Wraps an HF ``*ForSequenceClassification`` with num_labels=1: forward -> per-token values [B, T].
+
+    HF's own forward pools at the last token that is not ``pad_token_id``; we keep every position so the same
+    module serves the RM (read at the last token) and a critic (read at every response token).
+    """
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = getattr(self.classifier, self.classifier.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=mask_positions(attention_mask), use_cache=False).last_hidden_state
+        return self.classifier.score(hidden).squeeze(-1).float()
+
+
+def unwrap_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A TokenValues state dict -> the classifier's own keys (what ``from_pretrained`` expects)."""
+    prefix = "classifier."
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                  center_coef: float = 0.0) -> torch.Tensor:
+    """chosen, rejected, margin: [B] -> scalar  mean(-log sigmoid(r_c - r_r - m)) + center_coef * mean((r_c + r_r)^2)."""
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    loss = -F.logsigmoid(diff).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
+    return loss
+
+
+def load_reward_model(path: str, dtype: torch.dtype = torch.float32, pad_token_id: int | None = None):
+    """An ``AutoModelForSequenceClassification`` with one label from an RM dir, an SFT model or any LLaMA path."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.models.loading import load_pretrained
+
+    model = load_pretrained(AutoModelForSequenceClassification, path, dtype, num_labels=1)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id  # HF's own pooling (and vLLM's) finds the last token by it
+    return model
+
+
+def reward_config(mean: float | None, std: float | None, template: str, max_length: int) -> dict:
+    """The keys a saved RM's config.json carries for RewardScorer and PPO."""
+    return {MEAN_KEY: mean, STD_KEY: std, TEMPLATE_KEY: template, MAX_LENGTH_KEY: max_length}
+
+
+class RewardScorer:
+    """Score with a saved RM dir (HF weights + tokenizer + the rlhf_* config keys) on one device.
+
+    Inputs are right-padded and read with ``last_token_scores``; each sequence is scored as the RM was trained:
+    bos first, eos last, at most ``max_length`` tokens.
+    """
+
+    def __init__(self, model_dir: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from rlhf.models.tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_reward_model(model_dir, dtype, self.tokenizer.pad_token_id).to(device).eval()
+        self.values = TokenValues(self.model)
+        self.device = torch.device(device)
+        config = self.model.config
+        self.template: str = getattr(config, TEMPLATE_KEY, None) or "alpaca"
+        self.max_length: int = int(getattr(config, MAX_LENGTH_KEY, None) or 512)
+        self.mean: float | None = getattr(config, MEAN_KEY, None)
+        self.std: float | None = getattr(config, STD_KEY, None)
+
+    @torch.no_grad()
+    def score_ids(self, ids: list[list[int]], batch_size: int = 32) -> list[float]:
+        """Token id lists (each as the RM was trained: bos ... eos) -> one reward each."""
+        scores: list[float] = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            if any(not seq for seq in chunk):
+                raise UserError("cannot score an empty token sequence")
+            width = max(len(seq) for seq in chunk)
+            input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in chunk], device=self.device)
+            mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in chunk], device=self.device)
+            scores.extend(last_token_scores(self.values(input_ids, mask), mask).tolist())
+        return scores
+
+    def score_texts(self, texts: list[str], batch_size: int = 32) -> list[float]:
+        """Whole rendered transcripts (e.g. ``render_text``) -> rewards; eos is appended when the text lacks it."""
+        return self.score_ids([self._text_ids(t) for t in texts], batch_size)
+
+    def score_pairs(self, prompts: list[list[dict]], responses: list[str], normalize: bool = False,
+                    batch_size: int = 32) -> list[float]:
+        """Prompts (messages ending in a user turn) and responses -> rewards, encoded with the RM's template."""
+        from rlhf.data.templates import encode_prompt_response
+
+        if len(prompts) != len(responses):
+            raise UserError(f"score_pairs: {len(prompts)} prompts but {len(responses)} responses")
+        ids = [encode_prompt_response(p, r, self.template, self.tokenizer, self.max_length)
+               for p, r in zip(prompts, responses)]
+        scores = self.score_ids(ids, batch_size)
+        return self.normalize(scores) if normalize else scores
+
+    def normalize(self, scores: list[float]) -> list[float]:
+        """(r - mean) / std with the training data's statistics saved in the RM's config."""
+        if self.mean is None or not self.std:
+            raise UserError(f"this reward model's config.json has no {MEAN_KEY}/{STD_KEY}; it cannot normalize")
+        return [(s - self.mean) / self.std for s in scores]
+
+    def _text_ids(self, text: str) -> list[int]:
+        tok = self.tokenizer
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+        if not ids or ids[-1] != tok.eos_token_id:
+            ids = ids + [tok.eos_token_id]
+        if len(ids) > self.max_length:  # keep the start token and the end, where the reward is read
+            head = ids[:1] if ids[0] == tok.bos_token_id else []
+            ids = head + ids[len(ids) - (self.max_length - len(head)):]
+        return ids
