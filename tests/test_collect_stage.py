@@ -279,9 +279,19 @@ def test_world_annotator_as_programmatic_judge_with_noise():
     pairs = judge.judge(rows, [[]] * 2, responses)
     assert pairs[0][0] == "c b a" and pairs[0][1] in ("b a c", "c b a!") and pairs[1] is None
     assert dict(judge.drops) == {"tie": 1}
+    # noise=1.0 is handed to the annotator (it takes `noise`), which then flips every label, once.
     flipping = ProgrammaticJudge(JudgeSection(kind="programmatic", callable="rlhf.world.annotators:simulated_judge",
-                                              kwargs={"noise": 0.0}, noise=1.0))
+                                              noise=1.0))
+    assert flipping.kwargs == {"noise": 1.0} and flipping.noise == 0.0
     assert flipping.judge(rows[:1], [[]], responses[:1])[0][1] == "c b a"
+    # A callable without a `noise` parameter gets its pairs swapped by the judge.
+    swapping = ProgrammaticJudge(JudgeSection(kind="programmatic", callable="rlhf.collect.judges:reference_judge",
+                                              noise=1.0))
+    assert swapping.judge([{"output": "c b a"}], [[]], responses[:1]) == [("b a c", "c b a")]
+    assert swapping.stats() == {"flipped": 1}
+    with pytest.raises(UserError, match="give the noise rate once"):
+        ProgrammaticJudge(JudgeSection(kind="programmatic", callable="rlhf.world.annotators:simulated_judge",
+                                       kwargs={"noise": 0.1}, noise=0.2))
     with pytest.raises(UserError, match="judge callable 'rlhf.world.annotators:nope'"):
         ProgrammaticJudge(JudgeSection(kind="programmatic", callable="rlhf.world.annotators:nope"))
 

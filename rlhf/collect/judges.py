@@ -3,8 +3,8 @@
 - ``programmatic``: a ``module:callable`` taking ``(prompt_rows, response_lists, **kwargs)`` and returning one
   ``(chosen, rejected)`` or None per prompt (e.g. ``rlhf.world.annotators:simulated_judge``, or
   :func:`reference_judge` here, which prefers the response closest to a reference answer), with optional label
-  noise on top: each pair is swapped with probability ``noise``, as AlpacaFarm's simulated annotators
-  (Dubois et al. 2023, arXiv:2305.14387, Sec. 3.2) flip about 25% of labels;
+  noise, as AlpacaFarm's simulated annotators (Dubois et al. 2023, arXiv:2305.14387, Sec. 3.2) flip about 25% of
+  labels: passed on as ``noise=`` to a callable that takes it, else each pair is swapped with that probability;
 - ``rm``: a reward-model dir scored with :class:`rlhf.models.reward.RewardScorer`; the best-scored response is
   chosen and the worst rejected (InstructGPT ranks K samples with its RM the same way);
 - ``openai``: an LLM judge behind an OpenAI-compatible API, asked pairwise about the first two distinct
@@ -22,6 +22,7 @@ found in the reply), ``no_reply`` (openai: the request failed after retries or t
 from __future__ import annotations
 
 import importlib
+import inspect
 import random
 import re
 from collections import Counter
@@ -53,7 +54,11 @@ class JudgeSection(ApiSection):
     callable: str | None = Field(None, description="programmatic: 'module:function' returning a pair or None per prompt")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="programmatic: extra keyword arguments")
     path: str | None = Field(None, description="rm: the reward-model dir; labels: the labeled comparisons file")
-    noise: float = Field(0.0, ge=0, le=1, description="programmatic/rm: probability of swapping each pair")
+    noise: float | None = Field(
+        None, ge=0, le=1,
+        description="programmatic/rm: label-noise rate; a callable taking `noise` gets it, else pairs are swapped "
+        "with this probability; unset: none added (the callable's own default)",
+    )
     seed: int = Field(0, description="seed for label noise")
     max_tokens: int = Field(512, ge=1, description="openai: tokens for the judge's reasoning and verdict")
     temperature: float = Field(0.0, ge=0, description="openai: judge sampling temperature (0 = greedy)")
@@ -157,12 +162,27 @@ class _NoisyJudge(Judge):
         return {"flipped": self.flipped}
 
 
+def _takes_noise(fn: Callable) -> bool:
+    try:
+        return "noise" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class ProgrammaticJudge(_NoisyJudge):
+    """``judge.noise`` goes to a callable with a ``noise`` parameter (e.g. the world's annotators, which flip
+    their own labels), so that noise is applied once; other callables get their pairs swapped here."""
+
     def __init__(self, section: JudgeSection) -> None:
-        super().__init__(section.noise, section.seed)
-        self.spec = section.callable
-        self.fn = load_callable(section.callable)
-        self.kwargs = section.kwargs
+        fn = load_callable(section.callable)
+        kwargs = dict(section.kwargs)
+        own_noise = section.noise is not None and _takes_noise(fn)
+        if own_noise:
+            if "noise" in kwargs:
+                raise UserError("judge: give the noise rate once, as 'noise' or as 'kwargs.noise', not both")
+            kwargs["noise"] = section.noise
+        super().__init__(0.0 if own_noise else section.noise or 0.0, section.seed)
+        self.spec, self.fn, self.kwargs = section.callable, fn, kwargs
 
     def judge(self, rows, prompts, responses):
         results = self.fn(rows, responses, **self.kwargs)
@@ -176,7 +196,7 @@ class RewardModelJudge(_NoisyJudge):
         from rlhf.models.reward import RewardScorer
         from rlhf.paths import resolve_path
 
-        super().__init__(section.noise, section.seed)
+        super().__init__(section.noise or 0.0, section.seed)
         path = resolve_path(section.path)
         if not (path / "config.json").is_file():
             raise UserError(f"judge path {section.path}: not a reward-model dir (no config.json)")
