@@ -6,6 +6,7 @@ Endpoints: POST /score, POST /get_reward (OpenRLHF's remote-RM protocol), GET /h
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from rlhf.config import apply_overrides, read_yaml, validate
@@ -54,6 +55,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return validate(ServeConfig, data, where=args.config or "rlhf serve")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     from rlhf.serve.auth import read_token, token_digest
     from rlhf.serve.launch import metrics_url, start_service, stop_service, wait_healthy
@@ -61,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     token = read_token(cfg.token_env) if cfg.token_env else None
     url = start_service(cfg, token_digest(token) if token else None)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: shut down like Ctrl-C
     try:
         health = wait_healthy(url, token)
         print(f"[rlhf] serving {health['model']} at {url} (POST /score, POST /get_reward, docs at {url}/docs)")
@@ -71,4 +77,5 @@ def main(args: argparse.Namespace) -> int:
         print("[rlhf] stopping")
     finally:
         stop_service(cfg.app_name)
+        signal.signal(signal.SIGTERM, previous)
     return 0
