@@ -134,7 +134,9 @@ def describe_fields(cls: type[Section], prefix: str = "") -> list[tuple[str, str
     rows = []
     for name, field in cls.model_fields.items():
         sub = _section_class(field.annotation)
-        if sub is not None and field.default is not None:
+        if sub is not None:
+            if field.default is None:  # an optional section: say so, then list its keys
+                rows.append((f"{prefix}{name}", "None", field.description or "optional section"))
             rows.extend(describe_fields(sub, prefix=f"{prefix}{name}."))
             continue
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
