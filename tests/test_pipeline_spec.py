@@ -187,3 +187,13 @@ def test_rerun_reason_follows_config_refs_and_inputs(tmp_path):
 
 def test_changed_keys_lists_dotted_differences():
     assert changed_keys({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 0}) == ["a.c", "d"]
+
+
+def test_override_of_a_yaml_anchor_shared_config_changes_one_stage(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("name: anchors\nstages:\n"
+                    "  - {name: a, stage: sft, config: &shared {data: {path: x.jsonl}}}\n"
+                    "  - {name: b, stage: sft, config: *shared}\n")
+    pipe = load_pipeline(path, ["b.data.path=y.jsonl"])
+    assert pipe.stage("a").config == {"data": {"path": "x.jsonl"}}
+    assert pipe.stage("b").config == {"data": {"path": "y.jsonl"}}

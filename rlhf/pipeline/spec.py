@@ -159,7 +159,8 @@ def apply_stage_overrides(pipeline: Pipeline, overrides: list[str]) -> None:
         if not rest or "=" not in rest or "=" in head:
             raise UserError(f"override {item!r}: expected STAGE.key.sub=value (stages: {', '.join(pipeline.names())})")
         stage = pipeline.stage(head)
-        apply_overrides(stage.config, [rest])
+        # A copy: YAML anchors can make several stages share one mapping, and the override is for this one.
+        stage.config = apply_overrides(copy.deepcopy(stage.config), [rest])
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
