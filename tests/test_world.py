@@ -13,7 +13,7 @@ from rlhf.world.__main__ import main as world_main
 from rlhf.world.annotators import annotate, label_pairs, noiseless_judge, simulated_judge
 from rlhf.world.oracle import oracle_accuracy, oracle_prefers, oracle_reward, oracle_score
 from rlhf.world.tasks import (
-    DEFAULT_FAMILIES, DEFECT_KINDS, FAMILIES, HABITS, defective_answer, make_world, prompt_row,
+    DEFAULT_FAMILIES, DEFECT_KINDS, FAMILIES, HABITS, defective_answer, make_world, prompt_row, task_from_text,
 )
 from rlhf.world.winrate import pair_accuracy, win_rate
 
@@ -83,6 +83,28 @@ def test_oracle_reward_and_accuracy():
     responses = ["h x b", "7 5 2 0", "q"]
     assert oracle_reward(rows, responses) == [1.0, 0.0, 1.0]
     assert oracle_accuracy(rows, responses) == pytest.approx(2 / 3)
+
+
+ALPACA = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+          "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+          "### Input:\n{input}\n\n### Response:\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("task", [c[0] for c in CASES], ids=[c[0]["family"] for c in CASES])
+def test_task_is_read_back_from_prompt_texts(task):
+    row = prompt_row(task)
+    assert task_from_text(f"{row['instruction']}\n\n{row['input']}") == task  # what PPO passes
+    assert task_from_text(ALPACA.format(**row)) == task
+    assert task_from_text(f"USER: {row['instruction']}\n\n{row['input']}\nASSISTANT:") == task
+
+
+def test_oracle_reward_takes_prompt_texts():
+    texts = ["Write the largest digit.\n\n3 9 0 7", "Reverse the order of the letters.\n\nb x h"]
+    assert oracle_reward(texts, ["9", "b x h"]) == [1.0, 0.0]
+    with pytest.raises(UserError, match="no task-world instruction"):
+        oracle_reward(["Write a poem.\n\nabout cats"], ["no"])
+    with pytest.raises(UserError, match="no task-world instruction"):
+        task_from_text("Write the largest digit.\n\nthree nine")  # instruction, but no input it can read
 
 
 def test_oracle_prefers_better_and_breaks_ties_at_random():

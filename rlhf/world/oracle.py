@@ -9,8 +9,8 @@ are exactly that kind of response, and PPO is meant to remove them, so rewarding
 slow that down; a binary score also makes the reward model's target a single yes/no question.
 
 ``oracle_reward`` has the programmatic-reward signature (``reward.function: rlhf.world.oracle:oracle_reward``):
-it takes the prompt rows, each carrying its ``task`` field, and the decoded responses (special tokens such
-as EOS already removed by the caller).
+it takes the prompts, as rows carrying their ``task`` field or as texts (PPO passes ``instruction\n\ninput``;
+the task is then read back from the text), and the decoded responses (EOS and padding already removed).
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from __future__ import annotations
 import random
 
 from rlhf.errors import UserError
-from rlhf.world.tasks import expected_answer
+from rlhf.world.tasks import expected_answer, task_from_text
 
 
-def task_of(row: dict) -> dict:
-    """The task dict of a prompt row ``{"instruction", "input", "task"}``, or the row itself if it is a task."""
+def task_of(row: dict | str) -> dict:
+    """The task of a prompt row ``{"instruction", "input", "task"}``, of a task dict itself, or of a prompt text."""
+    if isinstance(row, str):
+        return task_from_text(row)
     if isinstance(row, dict) and "task" in row:
         return row["task"]
     if isinstance(row, dict) and "family" in row:
@@ -43,14 +45,14 @@ def oracle_prefers(task: dict, a: str, b: str, rng: random.Random) -> int:
     return 0 if score_a > score_b else 1
 
 
-def oracle_reward(prompts: list[dict], responses: list[str]) -> list[float]:
-    """Programmatic reward: the oracle score of each (prompt row, response) pair."""
+def oracle_reward(prompts: list[dict] | list[str], responses: list[str]) -> list[float]:
+    """Programmatic reward: the oracle score of each (prompt row or text, response) pair."""
     if len(prompts) != len(responses):
         raise ValueError(f"oracle_reward: {len(prompts)} prompts but {len(responses)} responses")
     return [oracle_score(task_of(p), r) for p, r in zip(prompts, responses)]
 
 
-def oracle_accuracy(prompts: list[dict], responses: list[str]) -> float:
+def oracle_accuracy(prompts: list[dict] | list[str], responses: list[str]) -> float:
     """Share of responses that are correct and well-formed (0.0 for an empty list)."""
     scores = oracle_reward(prompts, responses)
     return sum(scores) / len(scores) if scores else 0.0

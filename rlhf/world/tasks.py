@@ -206,6 +206,39 @@ def defective_answer(task: dict, kind: str, rng: random.Random | None = None) ->
     raise UserError(f"defect kind {kind!r}: must be one of {list(DEFECT_KINDS)}")
 
 
+def _parse_input(family: TaskFamily, line: str) -> Args | None:
+    """The args whose rendered input is exactly ``line``, or None."""
+    if family.name == "repeat":
+        word, _, times = line.partition(", ")
+        args: Args = {"word": word, "times": int(times) if times.isdigit() else -1}
+    else:
+        items = line.split(" ")
+        if not all(len(item) == 1 and item.isalnum() for item in items):
+            return None
+        args = {"items": items}
+    try:
+        return args if family.render_input(args) == line and family.answer_items(args) else None
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def task_from_text(text: str) -> dict:
+    """Recover the task from a prompt's text: the family's instruction, then, on a later line, its input.
+
+    For programmatic rewards, which get prompt texts rather than rows: PPO's ``instruction\n\ninput``,
+    or any template (Alpaca's ``### Input:`` lines, a chat turn) that keeps both verbatim on their own lines.
+    """
+    for family in FAMILIES.values():
+        start = text.find(family.instruction)
+        if start < 0:
+            continue
+        for line in text[start + len(family.instruction):].splitlines():
+            args = _parse_input(family, line.strip())
+            if args is not None:
+                return {"family": family.name, "args": args}
+    raise UserError(f"prompt {text[:80]!r}: no task-world instruction and input in it")
+
+
 def prompt_row(task: dict) -> dict:
     """An Alpaca-style prompt row, carrying the task so that the oracle can check answers."""
     family = family_of(task)
