@@ -84,6 +84,8 @@ def run_entrypoint(pipeline_arg: str, out: str, from_stage: str | None, override
 def runtime_env(working_dir: Path, env: dict[str, str], pip: bool) -> dict[str, Any]:
     env_vars = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
     env_vars.update(env)
+    # The stages' ray.init passes env vars for their workers; without this, Ray refuses any key the job also sets.
+    env_vars.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     out: dict[str, Any] = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env_vars}
     if pip:
         out["pip"] = project_requirements()
