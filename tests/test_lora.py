@@ -81,7 +81,10 @@ def process_group():
            "LOCAL_WORLD_SIZE": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like one Ray Train worker (cpus_per_worker: 1); spinning OMP threads only contend
     yield
+    torch.set_num_threads(threads)
     if dist.is_initialized():
         dist.destroy_process_group()
     for k, v in saved.items():
@@ -91,8 +94,8 @@ def process_group():
             os.environ[k] = v
 
 
-def run_loop(task, out, steps: int = 6) -> dict:
-    spec = LoopSpec(str(out), task, DeepSpeedSection(zero_stage=2, micro_batch_size=4),
+def run_loop(task, out, zero_stage: int, steps: int = 6) -> dict:
+    spec = LoopSpec(str(out), task, DeepSpeedSection(zero_stage=zero_stage, micro_batch_size=4),
                     OptimSection(lr=1e-2, warmup_steps=0, schedule="constant"), TrainSection(max_steps=steps))
     train_loop(spec)
     return json.loads((out / "train_result.json").read_text())
@@ -116,7 +119,7 @@ def test_lora_sft_run_saves_a_merged_model(tmp_path, base_path, process_group):
     save_examples(tmp_path, "train", train)
     save_examples(tmp_path, "eval", evals)
     task = sft.SFTTask(base_path, base_path, str(tmp_path), tok.pad_token_id, lora=cfg.lora)
-    result = run_loop(task, tmp_path)
+    result = run_loop(task, tmp_path, zero_stage=2)
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
     assert_only_targets_changed(load_causal_lm(base_path).state_dict(), merged.state_dict())
@@ -139,7 +142,7 @@ def test_lora_rm_run_saves_a_merged_model(tmp_path, base_path, process_group):
     save_examples(tmp_path, "train", train)
     save_examples(tmp_path, "eval", evals)
     task = rm.RewardTask(base_path, base_path, str(tmp_path), tok.pad_token_id, "koala", 96, lora=cfg.lora)
-    result = run_loop(task, tmp_path)
+    result = run_loop(task, tmp_path, zero_stage=3)  # ZeRO-3: the merge runs on the consolidated state dict
 
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
     # the score head starts random, so only the body is compared with the base; the eval numbers below cover the head

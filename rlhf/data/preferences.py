@@ -183,6 +183,8 @@ def _messages(row: Row, key: str, role_key: str = "role") -> list[Message]:
 
 def _pairs(row: Row) -> tuple[list[Message], str, str]:
     prompt = row.data.get("prompt")
+    if prompt is None:
+        raise UserError(f"{row.where}: missing field 'prompt'")
     if isinstance(prompt, str):
         # "... Assistant:" ends a DeepSpeed-Chat prompt: the answer's slot, not a turn
         messages = hh_messages(prompt.strip()[: -len("Assistant:")]) if looks_like_hh(prompt) else \

@@ -23,11 +23,12 @@ from rlhf.errors import UserError
 MEAN_KEY, STD_KEY, TEMPLATE_KEY, MAX_LENGTH_KEY = "rlhf_reward_mean", "rlhf_reward_std", "rlhf_template", "rlhf_max_length"
 
 
-def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """values [B, T], attention_mask [B, T] (1 = real token) -> [B]: each row's value at its last real token.
+def last_token_scores(logits_or_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """logits_or_values [B, T], attention_mask [B, T] (1 = real token) -> [B]: each row's value at its last real token.
 
     Works for left padding, right padding and none; a row with no real token reads position 0.
     """
+    values = logits_or_values
     positions = torch.arange(values.shape[1], device=values.device)
     last = (positions * attention_mask.to(values.device).long()).argmax(dim=1)
     return values.gather(1, last.unsqueeze(1)).squeeze(1)
