@@ -132,10 +132,14 @@ def test_other_bad_records():
         to_pair(row({"text": "x"}))
 
 
-def test_embedded_preferences_parse_without_drops():
-    from rlhf.data.embedded_preferences import PREFERENCES_PATH
+def test_embedded_preferences_are_reproducible_and_parse_without_drops():
+    import random
 
-    pairs, dropped = load_pairs(read_rows(str(PREFERENCES_PATH)))
+    from rlhf.data.embedded_preferences import PREFERENCES_PATH, SEED, make_preferences
+
+    rows = read_rows(str(PREFERENCES_PATH))
+    assert [r.data for r in rows] == make_preferences(random.Random(SEED))
+    pairs, dropped = load_pairs(rows)
     assert len(pairs) >= 500 and dropped == {}
 
 
