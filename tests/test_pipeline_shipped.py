@@ -31,7 +31,8 @@ def test_tiny_pipeline_leaves_a_loadable_sft_model(name, tmp_path):
     sft = read_manifest(tmp_path / name / "sft")
     assert sft["status"] == "complete"
     # The SFT stage read the collect stage's output through ${<collect>.data}.
-    assert sft["config"]["data"]["path"] == str((tmp_path / name / pipeline.spec.stages[0].name / collected["outputs"]["data"]["path"]).resolve())
+    collect_dir = tmp_path / name / pipeline.spec.stages[0].name
+    assert sft["config"]["data"]["path"] == str((collect_dir / collected["outputs"]["data"]["path"]).resolve())
 
     model_dir = tmp_path / name / "sft" / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
