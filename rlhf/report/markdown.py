@@ -1,0 +1,75 @@
+"""report.md: the headline numbers against the issue's targets, per-family accuracy, the plots, the settings."""
+
+from __future__ import annotations
+
+from rlhf.report.gather import ReportData
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _mark(met) -> str:
+    return {True: "met", False: "NOT met", None: "not measured"}[met]
+
+
+def render_markdown(report: dict, data: ReportData) -> str:
+    s, names = report, report["names"]
+    acc, err = s.get("oracle_accuracy") or {}, s.get("oracle_accuracy_stderr") or {}
+    base, pol = names["baseline"], names["policy"]
+    t = s["targets"]
+    lines = [
+        "# RLHF report: the embedded task world",
+        "",
+        "Made by `rlhf report` from this pipeline directory (`rlhf run` writes it at the end). Oracle = the task "
+        "world's exact checker (`rlhf/world/oracle.py`): a response scores 1 when it is exactly the correct, "
+        "well-formed answer. The reward model (RM) was trained on simulated-annotator pairs with label noise; PPO "
+        "optimised the RM's score, never the oracle's.",
+        "",
+        f"Held-out prompts: {_fmt(s.get('eval_prompts'))}, {_fmt(s.get('samples_per_prompt'))} samples each "
+        f"per policy ({s.get('decoding') or '-'}). Seed: {_fmt(s.get('seed'))} "
+        f"(per stage: {', '.join(f'{k} {v}' for k, v in (s.get('seeds') or {}).items()) or '-'}).",
+        "",
+        "| measure | value | target | |",
+        "|---|---|---|---|",
+        f"| oracle accuracy, {base.upper()} | {_fmt(acc.get(base))} ± {_fmt(err.get(base))} | | |",
+        f"| oracle accuracy, {pol.upper()} | {_fmt(acc.get(pol))} ± {_fmt(err.get(pol))} | | |",
+        f"| gain ({pol.upper()} − {base.upper()}) | {_fmt(t['accuracy_gain']['value'])} | ≥ "
+        f"{_fmt(t['accuracy_gain']['target'], 2)} | {_mark(t['accuracy_gain']['met'])} |",
+        f"| win rate {pol.upper()} vs {base.upper()} (oracle, ties ½) | {_fmt(s.get('win_rate_ppo_vs_sft'))} | | |",
+        f"| RM accuracy, held-out pairs, clean labels ({_fmt(s.get('rm_pairs_clean'))} pairs) | "
+        f"{_fmt(s.get('rm_accuracy_clean'))} | ≥ {_fmt(t['rm_accuracy_clean']['target'], 2)} | "
+        f"{_mark(t['rm_accuracy_clean']['met'])} |",
+        f"| KL({pol.upper()} ‖ {base.upper()}), nats per response | {_fmt(s.get('kl_ppo_vs_sft'))} ± "
+        f"{_fmt(s.get('kl_ppo_vs_sft_stderr'))} | < {_fmt(t['kl_under_target']['target'])} (PPO's kl_target) | "
+        f"{_mark(t['kl_under_target']['met'])} |",
+        f"| wall time, all stages (s) | {_fmt(s.get('wall_s'), 0)} | ≤ {_fmt(t['wall_s']['target'])} | "
+        f"{_mark(t['wall_s']['met'])} |",
+    ]
+    if s.get("judge_win_rate_ppo_vs_sft") is not None:
+        lines.append(f"| win rate, LLM judge (both orders) | {_fmt(s['judge_win_rate_ppo_vs_sft'])} | | |")
+    lines += ["", "Other numbers: "
+              f"RM mean score {', '.join(f'{k.upper()} {v:.3f}' for k, v in (s.get('rm_score_mean') or {}).items()) or '-'}; "
+              f"preference pairs collected {_fmt(s.get('preference_pairs'))}; RM accuracy on its own held-out "
+              f"pairs (noisy labels) {_fmt(s.get('rm_eval_accuracy_noisy'))}; PPO RM reward first → last 10% of "
+              f"iterations {' → '.join(_fmt(v) for v in s.get('ppo_reward_first_last') or [])}.", ""]
+    fams = s.get("oracle_accuracy_by_family") or {}
+    if fams.get(base) and fams.get(pol):
+        lines += ["## Oracle accuracy per task family", "", f"| family | {base.upper()} | {pol.upper()} | change |",
+                  "|---|---|---|---|"]
+        for fam in fams[base]:
+            b, p = fams[base][fam], fams[pol].get(fam, 0.0)
+            lines.append(f"| {fam} | {b:.3f} | {p:.3f} | {p - b:+.3f} |")
+        lines.append("")
+    lines += ["## Plots", ""]
+    lines += [f"![{name}]({path})" for name, path in (s.get("plots") or {}).items() if name == "overview"]
+    lines += ["", "Single panels: " + ", ".join(f"[{n}]({p})" for n, p in (s.get("plots") or {}).items()
+                                                if n != "overview"), ""]
+    walls = s.get("stage_wall_s") or {}
+    if walls:
+        lines += ["## Stage wall times", "", "| stage | s |", "|---|---|"]
+        lines += [f"| {name} | {w:.0f} |" for name, w in walls.items()]
+        lines.append("")
+    return "\n".join(lines)
