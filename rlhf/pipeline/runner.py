@@ -202,7 +202,21 @@ class PipelineRunner:
         for i, stage in enumerate(self.pipeline.spec.stages):
             outcomes.append(self.run_stage(i, stage, force=i >= start))
         self.log(summary(outcomes))
+        if any(s.stage == "eval" for s in self.pipeline.spec.stages):
+            self.write_report()
         return outcomes
+
+    def write_report(self) -> None:
+        """A pipeline that evaluates ends with its report (``rlhf report DIR`` rewrites it); a failure to plot
+        is logged, never a failed pipeline, since every stage's outputs are already complete."""
+        from rlhf.report import write_report
+
+        try:
+            write_report(self.out)
+        except Exception as err:  # noqa: BLE001 - the report is a view of finished outputs
+            self.log(f"[rlhf] report failed ({type(err).__name__}: {err}); retry with: rlhf report {self.out}")
+            return
+        self.log(f"[rlhf] report: {self.out / 'report.md'} (plots in {self.out / 'plots'})")
 
 
 def summary(outcomes: list[StageOutcome]) -> str:
