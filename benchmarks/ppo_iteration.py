@@ -51,7 +51,10 @@ class Clock(TrainerCallback):
         stamps.append(time.perf_counter())
 
 config = PPOConfig(
-    output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args["mini_batch"], gradient_accumulation_steps=1,
+    # TRL 1.12: rollout batch = per_device_train_batch_size * gradient_accumulation_steps; each of its
+    # num_mini_batches minibatches is cut into micro-batches of per_device_train_batch_size (here: one), one
+    # optimizer step per minibatch, as ours.
+    output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args["batch"], gradient_accumulation_steps=1,
     num_mini_batches=args["batch"] // args["mini_batch"], num_ppo_epochs=args["epochs"],
     total_episodes=args["batch"] * args["iterations"], local_rollout_forward_batch_size=args["batch"],
     response_length=args["max_new_tokens"], temperature=1.0, kl_coef=0.05, learning_rate=1e-3, stop_token="eos",
@@ -138,15 +141,17 @@ def run_trl(args, policy: str, rm: str) -> dict:
     python = ensure_trl_venv()
     payload = {"policy": policy, "rm": rm, "prompts": prompt_ids(args.batch * args.iterations), "batch": args.batch,
                "mini_batch": args.mini_batch, "epochs": args.epochs, "iterations": args.iterations,
-               "max_new_tokens": args.max_new_tokens, "threads": os.cpu_count() or 1}
+               "max_new_tokens": args.max_new_tokens, "threads": args.trl_threads or os.cpu_count() or 1}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([str(python), "-c", TRL_CHILD, json.dumps(payload)], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir())
     line = next((x for x in proc.stdout.splitlines() if x.startswith("TRL_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"TRL benchmark failed:\n{proc.stderr[-4000:]}")
-    times = json.loads(line.split(" ", 1)[1])["iteration_s"][1:]
-    return {"iteration_s": statistics.median(times)}
+    times = json.loads(line.split(" ", 1)[1])["iteration_s"]
+    print(f"[bench] TRL iterations (s): {[round(t, 3) for t in times]}", flush=True)
+    times = times[1:]
+    return {"iteration_s": statistics.median(times), "threads": payload["threads"]}
 
 
 def main() -> None:
@@ -159,20 +164,24 @@ def main() -> None:
     p.add_argument("--actor-workers", type=int, default=2, help="our actor (and reference) workers")
     p.add_argument("--cpus-per-bundle", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker of ours")
+    p.add_argument("--trl-threads", type=int, default=None, help="torch threads for TRL (default: all CPUs)")
     p.add_argument("--skip-trl", action="store_true", help="time ours only")
+    p.add_argument("--skip-ours", action="store_true", help="time TRL only")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         policy, rm = make_models(Path(tmp))
         trl = None if args.skip_trl else run_trl(args, policy, rm)
-        ours = run_ours(args, policy, rm, Path(tmp) / "ours")
+        ours = None if args.skip_ours else run_ours(args, policy, rm, Path(tmp) / "ours")
     print(f"\nPPO iteration, {args.batch} prompts x {args.max_new_tokens} new tokens, {args.epochs} epochs x "
           f"{args.batch // args.mini_batch} minibatches, tiny LLaMA, {os.cpu_count()} CPUs (median of "
           f"{args.iterations - 1} iterations after warm-up)")
-    print(f"  ours: {ours['iteration_s']:.3f} s  (" + ", ".join(
-        f"{k[5:-2]} {ours[k]:.3f}" for k in PHASES) + ")")
+    if ours:
+        print(f"  ours: {ours['iteration_s']:.3f} s  (" + ", ".join(
+            f"{k[5:-2]} {ours[k]:.3f}" for k in PHASES) + ")")
     if trl:
-        print(f"  TRL 1.12 PPOTrainer: {trl['iteration_s']:.3f} s")
+        print(f"  TRL 1.12 PPOTrainer ({trl['threads']} torch threads): {trl['iteration_s']:.3f} s")
+    if ours and trl:
         print(f"  ours / TRL = {ours['iteration_s'] / trl['iteration_s']:.2f} (target <= 0.5)")
 
 
