@@ -141,7 +141,7 @@ def run_trl(args, policy: str, rm: str) -> dict:
     python = ensure_trl_venv()
     payload = {"policy": policy, "rm": rm, "prompts": prompt_ids(args.batch * args.iterations), "batch": args.batch,
                "mini_batch": args.mini_batch, "epochs": args.epochs, "iterations": args.iterations,
-               "max_new_tokens": args.max_new_tokens, "threads": args.trl_threads or os.cpu_count() or 1}
+               "max_new_tokens": args.max_new_tokens, "threads": args.trl_threads}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([str(python), "-c", TRL_CHILD, json.dumps(payload)], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir())
@@ -164,7 +164,9 @@ def main() -> None:
     p.add_argument("--actor-workers", type=int, default=2, help="our actor (and reference) workers")
     p.add_argument("--cpus-per-bundle", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker of ours")
-    p.add_argument("--trl-threads", type=int, default=None, help="torch threads for TRL (default: all CPUs)")
+    # One thread is TRL's best case here: with 2 threads on 2 shared cores its OpenMP workers spin against each
+    # other and the iteration took ~30x longer (181 s vs 5.9 s) on the busy development machine.
+    p.add_argument("--trl-threads", type=int, default=1, help="torch threads for TRL's single process")
     p.add_argument("--skip-trl", action="store_true", help="time ours only")
     p.add_argument("--skip-ours", action="store_true", help="time TRL only")
     args = p.parse_args()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf.errors import UserError
 from rlhf.ppo.config import PPOResourcesSection
 
 ROLES = ("actor", "ref", "critic", "reward")
@@ -59,10 +60,14 @@ def create_placement_group(bundles: list[dict[str, float]], timeout_s: float = 1
     import ray
     from ray.util.placement_group import placement_group
 
+    total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+    have = ray.cluster_resources()
+    if any(total[k] > have.get(k, 0) for k in total):
+        raise UserError(f"ppo: the roles need {total} but the Ray cluster has only CPU={have.get('CPU', 0)}, "
+                        f"GPU={have.get('GPU', 0)}; lower resources.cpus_per_bundle, workers, or colocate roles")
     pg = placement_group(bundles, strategy="PACK")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
-        total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
         raise RuntimeError(
             f"ppo: could not reserve {len(bundles)} bundles ({total}) in {timeout_s:.0f} s; the cluster has "
             f"{ray.available_resources()}; lower resources.cpus_per_bundle or colocate roles"
