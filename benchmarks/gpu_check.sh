@@ -69,7 +69,7 @@ bench() {
 RLHF=("$PY" -c 'import sys; from rlhf.cli import main; sys.exit(main())')
 
 bench matmul; step matmul 60 "${BENCH[@]}"
-bench sft; step sft 200 "${BENCH[@]}"
+bench sft ${GPU_CHECK_MICRO:+--micro "$GPU_CHECK_MICRO"}; step sft 200 "${BENCH[@]}"  # GPU_CHECK_MICRO=N: SFT micro batch
 bench generate; step generate 90 "${BENCH[@]}"
 bench overrides "$PIPELINE" --gpus "$GPUS"; step overrides 60 "${BENCH[@]}"
 if [ -f "$PARTS/overrides.txt" ] && [ $DRY -eq 0 ]; then
