@@ -65,6 +65,9 @@ def materialize(path: str, tokenizer_path: str | None = None, seed: int = 0) -> 
         return str(target)
     tok = load_tokenizer(tok_name)
     config = llama_config(name, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # an internal build step: no shard-writing bar on the user's stderr
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
