@@ -27,3 +27,21 @@ def load_and_generate_plain(model_dir: str | Path) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def can_bind_loopback() -> bool:
+    """Whether this process may open a server socket on 127.0.0.1 (false in some sandboxes)."""
+    import socket
+
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def needs_loopback():
+    import pytest
+
+    return pytest.mark.skipif(not can_bind_loopback(), reason="cannot bind 127.0.0.1")

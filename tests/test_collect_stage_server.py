@@ -18,20 +18,12 @@ from rlhf.config import load_config
 from rlhf.errors import UserError
 from rlhf.manifest import read_manifest
 from stages import collect
+from tests.helpers import needs_loopback
 
 TINY_SELF_INSTRUCT = rlhf.paths.CONFIGS_DIR / "collect" / "tiny-self-instruct.yaml"
 
 
-def _can_bind_loopback() -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _can_bind_loopback(), reason="cannot bind 127.0.0.1")
+pytestmark = needs_loopback()
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,15 @@ its replies carry no verdict, so every prompt is a tie and the win rate is 0.5).
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
 from rlhf.collect.chat_server import start_server
 from rlhf.eval.judge import LLMJudgeSection, judge_pairwise
+from tests.helpers import needs_loopback
 
 
-def _can_bind_loopback() -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _can_bind_loopback(), reason="cannot bind 127.0.0.1")
+pytestmark = needs_loopback()
 
 PROMPTS = [[{"role": "user", "content": "Write the largest digit.\n\n3 9 0"}],
            [{"role": "user", "content": "Count the letters in the list.\n\nq m c"}],

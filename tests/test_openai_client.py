@@ -12,18 +12,10 @@ import time
 import pytest
 
 from rlhf.errors import UserError
+from tests.helpers import needs_loopback
 
 
-def _can_bind_loopback() -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _can_bind_loopback(), reason="cannot bind 127.0.0.1")
+pytestmark = needs_loopback()
 
 def _build_tiny_model(model_dir) -> None:
     """A random 2-layer LLaMA (hidden 32) with the project's embedded tokenizer and its chat template."""
