@@ -169,6 +169,7 @@ def main() -> None:
     p.add_argument("--trl-threads", type=int, default=1, help="torch threads for TRL's single process")
     p.add_argument("--skip-trl", action="store_true", help="time ours only")
     p.add_argument("--skip-ours", action="store_true", help="time TRL only")
+    p.add_argument("--json", default="benchmarks/results/ppo_iteration.json", help="write the results here")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +186,10 @@ def main() -> None:
         print(f"  TRL 1.12 PPOTrainer ({trl['threads']} torch threads): {trl['iteration_s']:.3f} s")
     if ours and trl:
         print(f"  ours / TRL = {ours['iteration_s'] / trl['iteration_s']:.2f} (target <= 0.5)")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"ours": ours, "trl": trl, "ratio": ours["iteration_s"] / trl["iteration_s"] if ours and trl
+                               else None, "args": vars(args), "cpus": os.cpu_count()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--cpus-per-replica", type=float, default=1.0)
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json", default="benchmarks/results/serve_throughput.json", help="write the results here")
     args = parser.parse_args()
 
     levels = [int(x) for x in args.levels.split(",")]
@@ -114,6 +114,7 @@ def main() -> None:
     print(f"speedup at c={top['concurrency']} (batched) over one-at-a-time unbatched: {ratio:.1f}x "
           f"(target >= 8x); p99/p50 at c={top['concurrency']}: {top['p99_ms'] / top['p50_ms']:.2f} (target <= 3)")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"batched": batched, "unbatched": baseline, "speedup": ratio,
                                                "size": args.size, "items_per_request": args.items_per_request},
                                               indent=2))
