@@ -119,6 +119,13 @@ class launch_roles:
         self.pg = None
 
     def __enter__(self):
+        try:
+            return self._launch()
+        except BaseException:
+            self.__exit__()  # __exit__ is not called when __enter__ raises; free what was reserved so far
+            raise
+
+    def _launch(self):
         import ray
 
         from rlhf.ppo.controller import Roles

@@ -113,3 +113,18 @@ def test_count_occurrences_and_loader() -> None:
         load_reward_function("no_such_module_xyz:f")
     with pytest.raises(UserError, match="no callable 'nope'"):
         load_reward_function("rlhf.ppo.reward_functions:nope")
+
+
+def test_loopback_service_bypasses_a_proxy_from_the_environment(server, monkeypatch) -> None:
+    """A cluster or CI machine often sets HTTP_PROXY for the internet; a loopback reward service must not go through
+    it. The 'proxy' here is a closed loopback port, so a request sent to it fails at once."""
+    from rlhf.net import use_proxy_env
+    from rlhf.serve.launch import free_port
+
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{free_port()}")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert RemoteReward(f"{server}/score", retries=0).score(["p"], ["abc"]) == [3.0]
+    assert not use_proxy_env("http://localhost:8000/score") and not use_proxy_env("http://[::1]:8000/score")
+    assert use_proxy_env("http://rm.internal:8000/score") and use_proxy_env("http://10.0.0.5/score")

@@ -16,7 +16,8 @@ from rlhf.models.reward import RewardScorer
 from rlhf.serve.app import build_app
 from rlhf.serve.auth import presented_token, read_token, token_digest, token_matches
 from rlhf.serve.config import LimitsSection
-from rlhf.serve.launch import check_reward_model_dir, deployment_options, is_loopback
+from rlhf.net import is_loopback
+from rlhf.serve.launch import check_reward_model_dir, deployment_options
 from rlhf.serve.random_rm import write_random_reward_model
 from rlhf.serve.scoring import RewardBackend
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import openai
 
 from rlhf.errors import UserError
+from rlhf.net import use_proxy_env
 
 # Local OpenAI-compatible servers ignore the key, but the SDK refuses to start without one.
 PLACEHOLDER_API_KEY = "EMPTY"
@@ -80,6 +81,7 @@ class ChatClient:
             api_key=os.environ.get(api_key_env) or PLACEHOLDER_API_KEY,
             timeout=timeout_s,
             max_retries=0,
+            http_client=openai.DefaultHttpxClient(trust_env=use_proxy_env(base_url)),
         )
 
     def _take_request(self) -> bool:

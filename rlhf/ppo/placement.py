@@ -68,6 +68,10 @@ def create_placement_group(bundles: list[dict[str, float]], timeout_s: float = 1
     pg = placement_group(bundles, strategy="PACK")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
+        # A pending group left behind would later take the bundles and starve every job after this one.
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
         raise RuntimeError(
             f"ppo: could not reserve {len(bundles)} bundles ({total}) in {timeout_s:.0f} s; the cluster has "
             f"{ray.available_resources()}; lower resources.cpus_per_bundle or colocate roles"

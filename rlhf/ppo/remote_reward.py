@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from rlhf.net import use_proxy_env
+
 Protocol = Literal["score", "get_reward"]
 
 
@@ -44,7 +46,7 @@ class RemoteReward:
         self.protocol = detect_protocol(url, protocol)
         self.retries = retries
         self.backoff_s = backoff_s
-        self.client = httpx.Client(timeout=timeout_s, headers=headers or {})
+        self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=use_proxy_env(url))
 
     def request_body(self, prompts: list[str], responses: list[str]) -> dict:
         if self.protocol == "score":

@@ -6,7 +6,6 @@ never meant for the public internet: anyone who reaches them can run code on the
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import UserError
+from rlhf.net import is_loopback
 from rlhf.paths import resolve_path
 from rlhf.serve.config import ServeConfig
 
@@ -32,15 +32,6 @@ def check_reward_model_dir(model_dir: str) -> Path:
     if labels != 1:
         raise UserError(f"{model_dir}: a reward model has one label; config.json has num_labels={labels}")
     return path
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def deployment_options(cfg: ServeConfig, use_gpu: bool) -> dict[str, Any]:
