@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from rlhf.config import Section
 
@@ -71,15 +71,8 @@ class DataSection(Section):
         "auto", description="record format; auto detects by keys"
     )
     template: Literal["alpaca", "vicuna", "koala", "chat"] = Field("alpaca", description="prompt template")
-    max_length: int = Field(512, description="tokens per sequence; longer ones are truncated")
+    max_length: int = Field(512, gt=0, description="tokens per sequence; longer ones are truncated")
     packing: bool = Field(False, description="concatenate examples into max_length blocks")
     eval_path: str | None = Field(None, description="separate eval file; default: hold out eval_fraction of path")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of rows held out for eval when eval_path is unset")
     limit: int | None = Field(None, ge=1, description="use only the first N rows (quick tries)")
-
-    @field_validator("max_length")
-    @classmethod
-    def _positive_length(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("max_length must be > 0")
-        return v

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from rlhf.config import Section
 from rlhf.data.io import read_rows
@@ -25,8 +25,7 @@ from rlhf.data.preferences import Pair, load_pairs
 from rlhf.data.splits import load_examples, save_examples, split_eval
 from rlhf.data.templates import encode_prompt_response
 from rlhf.engine.checkpoint import save_hf_dir
-from rlhf.engine.launch import run_workers
-from rlhf.engine.loop import LoopSpec, total_steps, train_loop
+from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
 from rlhf.metrics import read_metrics
@@ -47,19 +46,12 @@ class PreferenceDataSection(Section):
                             "colossal {context, chosen, rejected}; auto detects by keys")
     template: Literal["alpaca", "vicuna", "koala", "chat"] = Field(
         "alpaca", description="prompt template; use the policy's SFT template so the RM sees the policy's text")
-    max_length: int = Field(512, description="tokens per prompt+response; longer ones lose the prompt's start first")
+    max_length: int = Field(512, gt=0, description="tokens per prompt+response; longer ones lose the prompt's start first")
     eval_path: str | None = Field(None, description="separate eval file; default: hold out eval_fraction of path")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of pairs held out for eval when eval_path is unset")
     limit: int | None = Field(None, ge=1, description="use only the first N records (quick tries)")
     margin_key: str | None = Field("margin", description="per-pair margin column subtracted inside the loss, if present")
     strict: bool = Field(False, description="raise on a pair that would be dropped (identical, empty, mismatched prompt)")
-
-    @field_validator("max_length")
-    @classmethod
-    def _positive_length(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("max_length must be > 0")
-        return v
 
 
 class LossSection(Section):
@@ -226,16 +218,10 @@ def run(cfg: Config, out: str | Path) -> dict:
         train, evals, dropped = prepare_data(cfg, tokenizer)
         save_examples(out, "train", train)
         save_examples(out, "eval", evals)
-        world = cfg.resources.num_workers
-        per_step = cfg.deepspeed.micro_batch_size * cfg.deepspeed.gradient_accumulation_steps * world
-        steps = total_steps(len(train), per_step, cfg.train)
-        print(f"[rlhf] rm: {len(train)} train / {len(evals)} eval pairs (dropped: {dropped or 'none'}), "
-              f"{steps} steps on {world} worker(s) -> {out}", flush=True)
         task = RewardTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id, cfg.data.template,
                           cfg.data.max_length, cfg.loss.center_coef, cfg.lora, cfg.model.gradient_checkpointing)
-        spec = LoopSpec(str(out.resolve()), task, cfg.deepspeed, cfg.optim, cfg.train)
-        run_workers(train_loop, spec, cfg.resources, out, "rm", total_steps=steps)
-        result = json.loads((out / "train_result.json").read_text())
+        result = run_supervised("rm", task, cfg, out, len(train), len(evals), "pairs",
+                                f" (dropped: {dropped or 'none'})")
         metrics = summarize(out, result, out / "model")
         data = {"train_pairs": len(train), "eval_pairs": len(evals), "dropped": dropped}
         manifest = stage.complete(metrics, outputs={"model": out / "model", "metrics": out / "metrics.jsonl"},

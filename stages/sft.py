@@ -8,7 +8,6 @@ validate (typed config) -> setup (tokenize on the driver, save examples) -> trai
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from rlhf.data.packing import pack
 from rlhf.data.splits import load_examples, save_examples, split_eval
 from rlhf.data.templates import IGNORE_INDEX, encode_conversation
 from rlhf.engine.checkpoint import save_hf_dir
-from rlhf.engine.launch import run_workers
-from rlhf.engine.loop import LoopSpec, total_steps, train_loop
+from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
 from rlhf.metrics import read_metrics
@@ -136,14 +134,9 @@ def run(cfg: Config, out: str | Path) -> dict:
         train, evals = encode_rows(cfg, tokenizer)
         save_examples(out, "train", train)
         save_examples(out, "eval", evals)
-        world = cfg.resources.num_workers
-        steps = total_steps(len(train), cfg.deepspeed.micro_batch_size * cfg.deepspeed.gradient_accumulation_steps * world, cfg.train)
-        print(f"[rlhf] sft: {len(train)} train / {len(evals)} eval examples, {steps} steps on {world} worker(s) -> {out}", flush=True)
         task = SFTTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id,
                        cfg.model.gradient_checkpointing, cfg.lora)
-        spec = LoopSpec(str(out.resolve()), task, cfg.deepspeed, cfg.optim, cfg.train)
-        run_workers(train_loop, spec, cfg.resources, out, "sft", total_steps=steps)
-        result = json.loads((out / "train_result.json").read_text())
+        result = run_supervised("sft", task, cfg, out, len(train), len(evals), "examples")
         metrics = summarize(out, result.get("eval", {}))
         manifest = stage.complete(metrics, outputs={"model": out / "model", "metrics": out / "metrics.jsonl"})
     print(f"[rlhf] sft done: model -> {out / 'model'}", flush=True)

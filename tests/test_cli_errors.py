@@ -51,7 +51,7 @@ def test_wrong_type(capsys, tmp_path, data_file):
 
 def test_max_length_not_positive(capsys, tmp_path, data_file):
     code, err = run_cli(capsys, "--out", str(tmp_path / "o"), f"data.path={data_file}", "data.max_length=0")
-    check_one_line(code, err, "data.max_length", "> 0")
+    check_one_line(code, err, "data.max_length", "greater than 0")
 
 
 def test_model_path_missing(capsys, tmp_path, data_file):

@@ -53,7 +53,7 @@ def test_wrong_type_names_key():
 
 
 def test_max_length_must_be_positive():
-    with pytest.raises(UserError, match="data.max_length.*max_length must be > 0"):
+    with pytest.raises(UserError, match="data.max_length.*greater than 0"):
         validate(sft_config(), {"data": {"path": "x", "max_length": 0}}, "cli")
 
 
