@@ -4,10 +4,13 @@
   bare  - a plain PyTorch loop (AdamW, forward/backward/step) over the same batches
   trl   - TRL's SFTTrainer on the same model, data and batch size
 
+--precision fp32 (default) runs all three in fp32; amp_bf16 runs all three with fp32 weights and bf16 autocast
+(ours: deepspeed.precision=amp_bf16; bare: torch.autocast; TRL: bf16=True, which autocasts on CPU), so each
+comparison is at equal precision.
 Every sequence is exactly 256 tokens (long rows truncated), so tokens/step is identical across the three.
 Prints a table and writes JSON.
 
-    bash cluster/netns.sh python benchmarks/sft_throughput.py [--steps 30] [--threads 2] [--out benchmarks/results]
+    bash cluster/netns.sh python benchmarks/sft_throughput.py [--steps 30] [--threads 2] [--precision fp32|amp_bf16]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def make_rows(n: int) -> list[dict]:
     return rows
 
 
-def run_ours(work: Path, data: Path, steps: int, threads: int) -> tuple[float, Path]:
+def run_ours(work: Path, data: Path, steps: int, threads: int, precision: str) -> tuple[float, Path]:
     from rlhf.config import load_config
     from rlhf.metrics import read_metrics
     from stages import sft
@@ -46,7 +49,7 @@ def run_ours(work: Path, data: Path, steps: int, threads: int) -> tuple[float, P
         f"data.path={data}", "data.format=alpaca", "data.template=alpaca", f"data.max_length={SEQ}",
         "data.eval_fraction=0", "model.path=embedded:llama-25m", f"train.max_steps={steps}", "train.log_every=1",
         "train.eval_every=0", "train.checkpoint_every=0", "deepspeed.zero_stage=0", f"deepspeed.micro_batch_size={BATCH}",
-        "deepspeed.precision=fp32", "resources.num_workers=1", f"resources.cpus_per_worker={threads}",
+        f"deepspeed.precision={precision}", "resources.num_workers=1", f"resources.cpus_per_worker={threads}",
         f"resources.threads_per_worker={threads}", "optim.lr=1e-4", "optim.schedule=constant",
     ]
     sft.run(load_config(sft.Config, None, overrides), out)
@@ -64,7 +67,7 @@ def batches(examples: list[dict], steps: int, seed: int = 0):
         yield ids, labels
 
 
-def run_bare(model_dir: str, examples: list[dict], steps: int, threads: int) -> float:
+def run_bare(model_dir: str, examples: list[dict], steps: int, threads: int, precision: str) -> float:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
@@ -74,7 +77,8 @@ def run_bare(model_dir: str, examples: list[dict], steps: int, threads: int) -> 
     speeds = []
     for step, (ids, labels) in enumerate(batches(examples, steps)):
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "amp_bf16"):
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -84,7 +88,7 @@ def run_bare(model_dir: str, examples: list[dict], steps: int, threads: int) -> 
     return statistics.median(speeds)
 
 
-def run_trl(model_dir: str, examples: list[dict], steps: int, threads: int, work: Path) -> float:
+def run_trl(model_dir: str, examples: list[dict], steps: int, threads: int, work: Path, precision: str) -> float:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -104,7 +108,7 @@ def run_trl(model_dir: str, examples: list[dict], steps: int, threads: int, work
     args = SFTConfig(
         output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-4,
         lr_scheduler_type="constant", max_grad_norm=1.0, logging_steps=10**6, save_strategy="no", report_to=[],
-        max_length=SEQ, packing=False, dataloader_num_workers=0, use_cpu=True, bf16=False, fp16=False,
+        max_length=SEQ, packing=False, dataloader_num_workers=0, use_cpu=True, bf16=precision == "amp_bf16", fp16=False,
         adam_beta2=0.95, seed=0, disable_tqdm=True,
     )
     trainer = SFTTrainer(
@@ -121,6 +125,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--work", default="/tmp/rlhf-bench-sft")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--precision", choices=("fp32", "amp_bf16"), default="fp32")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work)
@@ -128,7 +133,7 @@ def main() -> int:
     data = work / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(400)))
 
-    ours, ours_dir = run_ours(work, data, args.steps, args.threads)
+    ours, ours_dir = run_ours(work, data, args.steps, args.threads, args.precision)
     from rlhf.data.splits import load_examples
     from rlhf.models.loading import resolve_model_path
 
@@ -136,25 +141,26 @@ def main() -> int:
     assert all(len(e["input_ids"]) == SEQ for e in examples), "every example must be SEQ tokens"
     model_dir = resolve_model_path("embedded:llama-25m")
     n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
-    bare = run_bare(model_dir, examples, args.steps, args.threads)
-    trl = run_trl(model_dir, examples, args.steps, args.threads, work)
+    bare = run_bare(model_dir, examples, args.steps, args.threads, args.precision)
+    trl = run_trl(model_dir, examples, args.steps, args.threads, work, args.precision)
 
     result = {
-        "benchmark": "sft_throughput", "model_params": n_params, "seq": SEQ, "batch": BATCH, "precision": "fp32",
+        "benchmark": "sft_throughput", "model_params": n_params, "seq": SEQ, "batch": BATCH, "precision": args.precision,
         "steps": args.steps, "threads": args.threads, "tokens_per_s": {"ours": ours, "bare": bare, "trl": trl},
         "ours_vs_trl": ours / trl, "ours_vs_bare": ours / bare, "targets": {"ours_vs_trl": 1.5, "ours_vs_bare": 0.9},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "torch": torch.__version__},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    print(f"\nSFT throughput, {n_params / 1e6:.1f}M-param LLaMA, seq {SEQ}, batch {BATCH}, fp32, {args.threads} threads")
+    print(f"\nSFT throughput, {n_params / 1e6:.1f}M-param LLaMA, seq {SEQ}, batch {BATCH}, {args.precision}, {args.threads} threads")
     print(f"{'engine':<8}{'tokens/s':>12}{'vs ours':>10}")
     for name in ("ours", "bare", "trl"):
         print(f"{name:<8}{result['tokens_per_s'][name]:>12.0f}{ours / result['tokens_per_s'][name]:>10.2f}")
     print(f"ours/trl = {result['ours_vs_trl']:.2f} (target >= 1.5), ours/bare = {result['ours_vs_bare']:.2f} (target >= 0.9)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sft_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "sft_throughput" + ("" if args.precision == "fp32" else f"_{args.precision}")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

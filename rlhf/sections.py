@@ -19,8 +19,9 @@ class DeepSpeedSection(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 0 plain DDP, 1 optimizer, 2 +gradients, 3 +parameters")
     offload_optimizer: bool = Field(False, description="keep optimizer state on CPU (ZeRO-Offload; needs zero_stage>=1)")
     offload_params: bool = Field(False, description="keep parameters on CPU (ZeRO-Infinity; needs zero_stage=3)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16 on GPU, fp32 on CPU (fp32 is faster than bf16 on CPUs)"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "amp_bf16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU; amp_bf16 = fp32 weights and optimizer, matmuls in bf16 "
+                            "under torch.autocast (about 2x fp32 on CPUs with AVX512-BF16 or AMX)"
     )
     micro_batch_size: int = Field(4, ge=1, description="sequences per worker per forward pass")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")

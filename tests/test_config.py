@@ -87,3 +87,17 @@ def test_every_shipped_yaml_has_a_run_header():
     for path in CONFIGS_DIR.rglob("*.yaml"):
         header = " ".join(line for line in path.read_text().splitlines()[:4] if line.startswith("#"))
         assert "rlhf " in header, f"{path}: the header comment must give the command that runs it"
+
+
+def test_precision_modes_map_to_deepspeed_sections():
+    from rlhf.engine.deepspeed_config import deepspeed_config
+    from rlhf.sections import DeepSpeedSection
+
+    def sections(precision: str, on_gpu: bool = False) -> set[str]:
+        cfg = deepspeed_config(DeepSpeedSection(precision=precision), None, 2, on_gpu)
+        return {k for k in ("bf16", "fp16", "torch_autocast") if k in cfg}
+
+    assert sections("auto") == set() and sections("fp32") == set()
+    assert sections("auto", on_gpu=True) == {"bf16"} and sections("fp16") == {"fp16"}
+    amp = deepspeed_config(DeepSpeedSection(precision="amp_bf16"), None, 2, False)
+    assert amp["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in amp

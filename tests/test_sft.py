@@ -27,11 +27,11 @@ def run_sft(out: Path, *overrides: str) -> dict:
     return sft.run(cfg, out)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_sft_two_workers_loss_falls_and_checkpoint_loads(tmp_path, zero_stage):
-    out = tmp_path / f"sft-z{zero_stage}"
-    manifest = run_sft(out, f"deepspeed.zero_stage={zero_stage}", "train.max_steps=16", "train.log_every=2",
-                       "train.eval_every=8", "train.checkpoint_every=0")
+@pytest.mark.parametrize("zero_stage,precision", [(2, "auto"), (3, "auto"), (2, "amp_bf16")])
+def test_sft_two_workers_loss_falls_and_checkpoint_loads(tmp_path, zero_stage, precision):
+    out = tmp_path / f"sft-z{zero_stage}-{precision}"
+    manifest = run_sft(out, f"deepspeed.zero_stage={zero_stage}", f"deepspeed.precision={precision}",
+                       "train.max_steps=16", "train.log_every=2", "train.eval_every=8", "train.checkpoint_every=0")
     assert manifest["status"] == "complete"
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     m = manifest["metrics"]
@@ -44,6 +44,11 @@ def test_sft_two_workers_loss_falls_and_checkpoint_loads(tmp_path, zero_stage):
     assert manifest["config"]["deepspeed"]["zero_stage"] == zero_stage
     assert {"started_at", "finished_at", "versions"} <= manifest.keys()
     assert "GENERATED" in load_and_generate_plain(out / "model")
+    if precision == "amp_bf16":  # autocast computes in bf16 but the weights (and so the checkpoint) stay fp32
+        from safetensors import safe_open
+
+        with safe_open(str(next((out / "model").glob("*.safetensors"))), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {__import__("torch").float32}
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -6,7 +6,7 @@ from rlhf.sections import DeepSpeedSection, OptimSection
 
 
 def resolve_precision(section: DeepSpeedSection, on_gpu: bool) -> str:
-    """'auto' -> bf16 on GPU, fp32 on CPU (fp32 is faster than bf16 on CPUs)."""
+    """'auto' -> bf16 on GPU, fp32 on CPU (DeepSpeed's all-bf16 mode is slower than fp32 on CPUs; amp_bf16 is not)."""
     if section.precision == "auto":
         return "bf16" if on_gpu else "fp32"
     return section.precision
@@ -42,6 +42,8 @@ def deepspeed_config(
         config["gradient_clipping"] = ds.gradient_clipping
     if precision == "bf16":
         config["bf16"] = {"enabled": True}
+    elif precision == "amp_bf16":  # DeepSpeed runs the engine's forward under torch.autocast; Linear grads reduce in bf16
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     elif precision == "fp16":
         config["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 1000}
     if optim is not None:
