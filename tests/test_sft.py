@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,13 +74,15 @@ def test_kill_and_resume_continues_from_checkpoint(tmp_path):
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
-    killed_at = int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
-    assert 6 <= killed_at < 24
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"resumed from {out.resolve()}/checkpoints/step_{killed_at}" in second.stdout + second.stderr
+    # Read from the rerun, not from `latest` right after the kill: the killed run's Ray workers may outlive their
+    # driver for a moment, and the step they resume from is whatever checkpoint was last complete.
+    resumed = re.search(rf"resuming from {re.escape(str(out.resolve()))}/checkpoints/step_(\d+)", second.stdout)
+    assert resumed, second.stdout[-3000:]
+    assert 6 <= int(resumed.group(1)) < 24
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 24
     steps = [r["step"] for r in read_metrics(out) if "loss" in r]
