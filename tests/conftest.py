@@ -1,6 +1,5 @@
 import os
 import sys
-import time
 
 import pytest
 
@@ -9,26 +8,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _ray_leftovers() -> list[str]:
-    """Placement groups and CPU reservations still held in this process's Ray instance (empty when clean)."""
-    import ray
-    from ray.util.placement_group import placement_group_table
-
-    held = [f"placement group {pid} ({info['state']}, {info.get('name') or 'unnamed'})"
-            for pid, info in placement_group_table().items()
-            if info["state"] in ("PENDING", "CREATED", "RESCHEDULING")]
-    free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
-    if free + 1e-6 < total:
-        held.append(f"{total - free:g} of {total:g} CPUs still reserved")
-    return held
-
-
 def _free_leftovers() -> None:
     import ray
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     for pid, info in placement_group_table().items():
-        if info["state"] in ("PENDING", "CREATED", "RESCHEDULING"):
+        if info["state"] != "REMOVED":
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pid))))
     try:
         from ray import serve
@@ -53,11 +38,11 @@ def ray_resources_released():
         return
     import ray
 
+    from tests.helpers import ray_held
+
     if not ray.is_initialized():
         return
-    deadline = time.monotonic() + 30  # actors release their CPUs asynchronously after being killed
-    while (held := _ray_leftovers()) and time.monotonic() < deadline:
-        time.sleep(1)
+    held = ray_held()
     if held:
         _free_leftovers()
     ray.shutdown()

@@ -45,3 +45,23 @@ def needs_loopback():
     import pytest
 
     return pytest.mark.skipif(not can_bind_loopback(), reason="cannot bind 127.0.0.1")
+
+
+def ray_held(grace_s: float = 30.0) -> list[str]:
+    """What this process's Ray instance still holds: placement groups not removed, CPUs not free. Waits up to
+    ``grace_s`` for killed actors to give their CPUs back (asynchronous); empty when clean."""
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        held = [f"placement group {pid} ({info['state']})" for pid, info in placement_group_table().items()
+                if info["state"] != "REMOVED"]
+        free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        if free + 1e-6 < total:
+            held.append(f"{total - free:g} of {total:g} CPUs still reserved")
+        if not held or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.5)

@@ -17,7 +17,7 @@ import pytest
 from rlhf.config import load_config
 from rlhf.errors import UserError
 from rlhf.metrics import read_metrics
-from tests.helpers import load_and_generate_plain
+from tests.helpers import load_and_generate_plain, ray_held
 
 pytestmark = pytest.mark.slow
 TINY = "configs/ppo/tiny.yaml"
@@ -125,16 +125,7 @@ def test_reward_model_two_actor_workers_zero2_colocated(tmp_path):
 def test_a_role_that_fails_to_start_releases_every_reservation(tmp_path):
     """The reward worker cannot load its function, so starting the roles fails after the placement group and the
     other roles exist: the stage fails with the cause, and the bundles and workers are freed for the next job."""
-    import time
-
-    import ray
-    from ray.util.placement_group import placement_group_table
-
     with pytest.raises(Exception, match="no_such_reward"):
         run_ppo(tmp_path / "ppo", "reward.function=tests.ppo_rewards:no_such_reward", "loop.iterations=1")
     assert json.loads((tmp_path / "ppo" / "manifest.json").read_text())["status"] == "failed"
-    deadline = time.monotonic() + 30  # killed actors give their CPUs back asynchronously
-    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        time.sleep(0.5)
-    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
-    assert [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"] == []
+    assert ray_held() == []
