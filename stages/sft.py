@@ -25,6 +25,7 @@ from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
 from rlhf.metrics import read_metrics
+from rlhf.models.kernels import apply_kernels
 from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
@@ -59,9 +60,11 @@ class SFTTask:
     pad_id: int
     gradient_checkpointing: bool = False
     lora: LoraSection | None = None
+    kernels: str = "hf"
 
     def build_model(self) -> torch.nn.Module:
-        return prepare_for_training(load_causal_lm(self.model_path), self.lora, self.gradient_checkpointing)
+        model = apply_kernels(load_causal_lm(self.model_path), self.kernels)
+        return prepare_for_training(model, self.lora, self.gradient_checkpointing)
 
     def examples(self, split: str) -> list[dict]:
         return load_examples(self.out, split)
@@ -135,7 +138,7 @@ def run(cfg: Config, out: str | Path) -> dict:
         save_examples(out, "train", train)
         save_examples(out, "eval", evals)
         task = SFTTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id,
-                       cfg.model.gradient_checkpointing, cfg.lora)
+                       cfg.model.gradient_checkpointing, cfg.lora, cfg.model.kernels)
         result = run_supervised("sft", task, cfg, out, len(train), len(evals), "examples")
         metrics = summarize(out, result.get("eval", {}))
         manifest = stage.complete(metrics, outputs={"model": out / "model", "metrics": out / "metrics.jsonl"})
