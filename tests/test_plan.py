@@ -207,3 +207,34 @@ def test_cli_plan(capsys):
     assert data["plans"][0]["roles"][0]["params"] == 68_976_648_192
     assert cli(["plan", "configs/sft/tiny.yaml", "model.path=nobody/nothing"]) == 2
     assert "not a known hub id" in capsys.readouterr().err
+
+
+def test_preflight_refuses_a_plan_that_does_not_fit(monkeypatch, tmp_path, capsys):
+    """The stage's own run() checks first: one line naming the fix and the skip key; nothing is written."""
+    import stages.sft as sft
+    from rlhf.plan import check
+
+    monkeypatch.setattr(check, "driver_gpus", lambda: (8, 80 * GiB))  # as on an 8 x 80 GiB node
+    big = stage_cfg("sft", "configs/sft/tiny.yaml", ["model.path=meta-llama/Llama-2-70b-hf", "resources.num_workers=8",
+                                                       "resources.use_gpu=true"])
+    with pytest.raises(UserError) as err:
+        sft.run(big, tmp_path / "out")
+    msg = str(err.value)
+    assert "\n" not in msg and "does not fit" in msg and "resources.memory_check=false" in msg
+    assert "set deepspeed." in msg or "set model." in msg
+    assert not (tmp_path / "out").exists()
+    # An expert's override: the check steps aside (the stage itself is not run here).
+    check.memory_check("sft", big.model_copy(update={"resources": big.resources.model_copy(
+        update={"memory_check": False})}))
+    small = stage_cfg("sft", "configs/sft/tiny.yaml", ["resources.use_gpu=true"])
+    check.memory_check("sft", small)
+    assert "memory plan: peak" in capsys.readouterr().out
+
+
+def test_preflight_is_silent_on_cpu(monkeypatch, capsys):
+    from rlhf.plan import check
+
+    monkeypatch.setattr(check, "driver_gpus", lambda: (0, 0))
+    big = stage_cfg("sft", "configs/sft/tiny.yaml", ["model.path=meta-llama/Llama-2-70b-hf"])  # use_gpu: auto
+    check.memory_check("sft", big)
+    assert capsys.readouterr().out == ""
