@@ -67,6 +67,7 @@ class ResourcesSection(Section):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
+    memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
 
 
 class DataSection(Section):

@@ -18,6 +18,7 @@ from rlhf.config import Section
 from rlhf.engine.launch import cluster_has_gpus, ensure_ray, root_cause, worker_env
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.tokenizer import load_tokenizer
@@ -83,6 +84,7 @@ def run(cfg: Config, out: str | Path) -> dict:
 
     out = Path(out)
     check_batch_arithmetic(cfg)
+    memory_check("ppo", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     actor_path = resolve_model_path(cfg.actor.path, cfg.actor.tokenizer)
     tokenizer_path = cfg.actor.tokenizer or actor_path
     reward_model = resolve_model_path(cfg.reward.model) if cfg.reward.model else None

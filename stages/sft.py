@@ -24,6 +24,7 @@ from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.kernels import apply_kernels
 from rlhf.models.loading import load_causal_lm, resolve_model_path
@@ -130,6 +131,7 @@ def summarize(out: Path, result_eval: dict) -> dict:
 
 def run(cfg: Config, out: str | Path) -> dict:
     out = Path(out)
+    memory_check("sft", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     model_path = resolve_model_path(cfg.model.path, cfg.model.tokenizer)
     tokenizer_path = cfg.model.tokenizer or model_path
     with StageRun("sft", out, cfg, inputs={"model": model_path, "data": cfg.data.path}) as stage:
