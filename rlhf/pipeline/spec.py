@@ -158,9 +158,11 @@ def apply_stage_overrides(pipeline: Pipeline, overrides: list[str]) -> None:
         head, _, rest = item.partition(".")
         if not rest or "=" not in rest or "=" in head:
             raise UserError(f"override {item!r}: expected STAGE.key.sub=value (stages: {', '.join(pipeline.names())})")
+        from stages import load_stage
+
         stage = pipeline.stage(head)
         # A copy: YAML anchors can make several stages share one mapping, and the override is for this one.
-        stage.config = apply_overrides(copy.deepcopy(stage.config), [rest])
+        stage.config = apply_overrides(copy.deepcopy(stage.config), [rest], load_stage(stage.stage).Config)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
