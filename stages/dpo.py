@@ -35,7 +35,10 @@ from stages.rm import initial_model_path
 
 class DPODataSection(Section):
     path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet) or hub dataset name")
+    config: str | None = Field(None, description="hub dataset configuration (load_dataset's second argument)")
     split: str | None = Field(None, description="split for hub datasets (default train)")
+    eval_split: str | None = Field(None, description="hub split to evaluate on (e.g. test_prefs); default: eval_path "
+                                                     "or a held-out eval_fraction of path")
     format: Literal["auto", "pairs", "deepspeed_chat", "hh", "colossal", "unpaired"] = Field(
         "auto", description="a pair format the RM stage reads (auto detects by keys), or unpaired "
                             "{prompt, completion, label} rows (KTO only)")
@@ -103,8 +106,9 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict], dict[s
     d, kto = cfg.data, cfg.loss.kind == "kto"
     if d.format == "unpaired" and not kto:
         raise UserError(f"data.format unpaired has no pairs; loss.kind {cfg.loss.kind} needs pairs (use kto)")
-    rows = read_rows(d.path, d.split)[: d.limit]
-    eval_rows = read_rows(d.eval_path) if d.eval_path else None
+    rows = read_rows(d.path, d.split, d.config)[: d.limit]
+    eval_rows = read_rows(d.eval_path) if d.eval_path else \
+        read_rows(d.path, d.eval_split, d.config)[: d.limit] if d.eval_split else None
     dropped: dict[str, int] = {}
 
     def parse(rs):
