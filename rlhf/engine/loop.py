@@ -178,6 +178,8 @@ def train_loop(spec: LoopSpec) -> dict:
             row = {"loss": loss_mean, "lr": engine.get_lr()[0], "epoch": done * per_step / len(train_ex)}
             if "tokens" in sums:
                 row["tokens_per_s"] = sums.pop("tokens") / elapsed
+            if dev.type == "cuda":  # this rank's peak so far: what `rlhf plan` predicts per GPU
+                row["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
             if hasattr(task, "train_metrics"):
                 row.update(task.train_metrics(sums))
             if logger:
