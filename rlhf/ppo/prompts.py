@@ -41,7 +41,7 @@ def load_prompts(section: PromptsSection, tokenizer, path: str | None = None,
         if len(ids) > section.max_prompt_length:
             skipped += 1
             continue
-        prompts.append(Prompt(ids, messages, prompt_text(messages), dict(row)))
+        prompts.append(Prompt(ids, messages, prompt_text(messages), dict(row.data)))
     if not prompts:
         raise UserError(f"{path}: no prompts within prompts.max_prompt_length={section.max_prompt_length}")
     return prompts, skipped
