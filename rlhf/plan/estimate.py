@@ -234,8 +234,11 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
         phases = {p: sum(roles[r].transients.get(p, 0) for r in key) for p in ("generate", "score", "train")}
         phase = max(phases, key=lambda p: phases[p])
         groups[key] = GpuGroup(list(key), 1, states + phases[phase], phase)
-    # Host: every role's per-node host bytes (an upper bound when the roles span several nodes).
-    host = sum(r.host for r in roles.values())
+    # Host: Ray packs the bundles onto nodes in order; each role's host bytes are per node it has a worker on.
+    on_node: dict[int, set[str]] = {}
+    for bundle, held in by_bundle.items():
+        on_node.setdefault(bundle // hw.gpus_per_node, set()).update(held)
+    host = max(sum(roles[r].host for r in held) for held in on_node.values())
     return StagePlan(name, "ppo", hw, list(roles.values()), list(groups.values()), len(bundles), host, notes)
 
 
