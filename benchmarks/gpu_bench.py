@@ -92,30 +92,44 @@ def build_model_dir(work: Path, vocab: int, size: str) -> Path:
 
 
 def cmd_matmul(args) -> None:
+    """bf16 matmul rate (the MFU denominator) and the device copy rate (the sampling bandwidth bound's numerator)."""
     import torch
 
     n, reps = (256, 2) if args.dry_run else (8192, 10)
     dev = "cpu" if args.dry_run else "cuda"
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    seconds = median_seconds(lambda: a @ b, reps, dev)
+    # Copy rate: bytes read + written by a device-to-device copy of a 2 GiB buffer (KINDS.md saw ~4.3 TB/s).
+    size = (1 << 20) if args.dry_run else (1 << 31)
+    src = torch.empty(size, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_s = median_seconds(lambda: dst.copy_(src), reps, dev)
+    save_part(args.parts, "matmul", {"n": n, "reps": reps, "median_s": seconds,
+                                     "bf16_matmul_tflops": 2 * n**3 / seconds / 1e12,
+                                     "copy_bytes": 2 * size, "copy_gb_per_s": 2 * size / copy_s / 1e9})
+
+
+def median_seconds(fn, reps: int, dev: str) -> float:
+    """Median wall time of ``fn`` over ``reps`` runs after 3 warm-ups (CUDA events on the GPU)."""
+    import torch
+
     for _ in range(3):
-        a @ b
+        fn()
     times = []
     for _ in range(reps):
         if dev == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            a @ b
+            fn()
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
             t0 = time.perf_counter()
-            a @ b
+            fn()
             times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    save_part(args.parts, "matmul", {"n": n, "reps": reps, "median_s": seconds,
-                                     "bf16_matmul_tflops": 2 * n**3 / seconds / 1e12})
+    return statistics.median(times)
 
 
 def long_rows(n: int, words: int) -> list[dict]:
@@ -125,8 +139,9 @@ def long_rows(n: int, words: int) -> list[dict]:
              "output": " ".join(vocab[(i + j) % len(vocab)] for j in range(words))} for i in range(n)]
 
 
-def sft_overrides(data: Path, model_dir: Path, steps: int, micro: int, accum: int, seq: int, gpu: bool) -> list[str]:
-    return [
+def sft_overrides(data: Path, model_dir: Path, steps: int, micro: int, accum: int, seq: int, gpu: bool,
+                  kernels: str = "hf") -> list[str]:
+    return [f"model.kernels={kernels}",
         f"data.path={data}", "data.format=alpaca", "data.template=alpaca", f"data.max_length={seq}",
         "data.eval_fraction=0", f"model.path={model_dir}", "model.gradient_checkpointing=false",
         f"train.max_steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
@@ -161,23 +176,30 @@ def cmd_sft(args) -> None:
     data = args.work / "sft-rows.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in long_rows(64, int(seq * 1.2))))
-    cfg = load_config(sft.Config, None, sft_overrides(data, args.work / "model", args.steps, micro, accum, seq, gpu))
+    kernels = args.kernels if gpu else "hf"
+    cfg = load_config(sft.Config, None, sft_overrides(data, args.work / "model", args.steps, micro, accum, seq, gpu,
+                                                      kernels))
     part = {"model": f"{size} (vocab {config.vocab_size})", "params": total, "matmul_params": matmul,
             "layers": config.num_hidden_layers, "d_model": config.hidden_size, "seq": seq, "micro_batch": micro,
             "grad_accum": accum, "zero_stage": cfg.deepspeed.zero_stage, "precision": cfg.deepspeed.precision,
+            "kernels": kernels,
             "flops_per_token": model_flops_per_token(matmul, config.num_hidden_layers, config.hidden_size, seq)}
     if args.dry_run:
-        save_part(args.parts, "sft", {**part, "dry_run": True})
+        cfg = load_config(sft.Config, None, sft_overrides(data, "embedded:tiny-llama", 1, micro, accum, seq, gpu))
+        save_part(args.parts, "sft", {**part, "plan": planned_memory("sft", cfg, gib), "dry_run": True})
         return
     model_dir = build_model_dir(args.work, vocab, size)
-    cfg = load_config(sft.Config, None, sft_overrides(data, model_dir, args.steps, micro, accum, seq, gpu))
-    out = args.work / "sft-run"
+    cfg = load_config(sft.Config, None, sft_overrides(data, model_dir, args.steps, micro, accum, seq, gpu, kernels))
+    part["plan"] = planned_memory("sft", cfg, gib)
+    out = args.work / f"sft-run-{kernels}"
     started = time.perf_counter()
     sft.run(cfg, out)
     lengths = {len(e["input_ids"]) for e in load_examples(out, "train")}
     if lengths != {seq}:
         raise RuntimeError(f"sft bench: examples must all be {seq} tokens, got lengths {sorted(lengths)[:5]}")
-    speeds = [r["tokens_per_s"] for r in read_metrics(out) if "tokens_per_s" in r][WARMUP_STEPS:]
+    rows = read_metrics(out)
+    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][WARMUP_STEPS:]
+    peak = max((r["gpu_mem_peak_gib"] for r in rows if "gpu_mem_peak_gib" in r), default=None)
     tps = statistics.median(speeds)
     matmul_part = args.parts / "matmul.json"
     rate = json.loads(matmul_part.read_text())["bf16_matmul_tflops"] * 1e12 if matmul_part.is_file() else None
@@ -185,7 +207,28 @@ def cmd_sft(args) -> None:
     save_part(args.parts, "sft", {**part, "steps_timed": len(speeds), "tokens_per_s": tps,
                                   "mfu": part["flops_per_token"] * tps / rate if rate else None,
                                   "mfu_causal": causal * tps / rate if rate else None,
-                                  "stage_wall_s": time.perf_counter() - started, "model_dir": str(model_dir)})
+                                  "stage_wall_s": time.perf_counter() - started, "model_dir": str(model_dir),
+                                  "gpu_mem_peak_gib": peak, "measured_over_plan":
+                                      peak / part["plan"]["states_and_activations_gib"] if peak else None})
+
+
+def planned_memory(stage: str, cfg, gpu_gib: float) -> dict:
+    """`rlhf plan`'s per-GPU estimate for one stage config on this GPU, in GiB: each role's weights + gradients +
+    optimizer states + its largest phase's activations (what torch.cuda.max_memory_allocated measures; the plan's
+    peak adds a reserve for the CUDA context and allocator slack, which that counter does not see)."""
+    from rlhf.plan.estimate import Hardware, estimate_stage
+
+    hw = Hardware(gpus_per_node=1, nodes=1, gpu_mem=int((gpu_gib or 80) * 2**30))
+    plan = estimate_stage(stage, cfg, hw, suggest=False)
+    g = 2**30
+    roles = {r.role: {"weights_gib": r.weights / g, "gradients_gib": r.gradients / g,
+                      "optimizer_states_gib": r.optimizer_states / g,
+                      "transients_gib": {k: v / g for k, v in r.transients.items()},
+                      "states_and_activations_gib": (r.states + max(r.transients.values(), default=0)) / g}
+             for r in plan.roles}
+    first = next(iter(roles.values()))
+    return {"roles": roles, "states_and_activations_gib": first["states_and_activations_gib"],
+            "plan_peak_gib": plan.gpu_peak / g, "verdict": plan.verdict}
 
 
 def cmd_generate(args) -> None:
@@ -399,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: check configs and code paths")
     sub.choices["sft"].add_argument("--steps", type=int, default=12)
     sub.choices["sft"].add_argument("--micro", type=int, help="micro batch (default: by GPU memory)")
+    sub.choices["sft"].add_argument("--kernels", default="hf", choices=["hf", "liger"], help="model.kernels")
     sub.choices["sft"].add_argument("--seqs-per-step", type=int, default=16, help="sequences per optimizer step")
     sub.choices["overrides"].add_argument("pipeline")
     sub.choices["overrides"].add_argument("--gpus", type=int, default=1)

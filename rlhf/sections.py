@@ -13,6 +13,10 @@ class ModelSection(Section):
     path: str = Field("embedded:tiny-llama", description="HF model id, local HF dir, or embedded:<name> (built offline)")
     tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's own")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    kernels: Literal["hf", "liger"] = Field(
+        "hf", description="hf = transformers' own layers; liger = Liger-Kernel's fused Triton kernels (CUDA only, "
+                          "pip install 'rlhf[gpu]')"
+    )
 
 
 class DeepSpeedSection(Section):

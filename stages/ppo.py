@@ -93,7 +93,8 @@ def run(cfg: Config, out: str | Path) -> dict:
     with StageRun("ppo", out, cfg, inputs=inputs) as stage:
         tokenizer = load_tokenizer(tokenizer_path)
         prompts, skipped = load_prompts(cfg.prompts, tokenizer)
-        print(f"[rlhf] ppo: {len(prompts)} prompts ({skipped} over max_prompt_length skipped), "
+        dropped = {"over_max_prompt_length": skipped} if skipped else {}
+        print(f"[rlhf] ppo: {len(prompts)} prompts (dropped: {dropped or 'none'}), "
               f"{cfg.loop.iterations} iterations x {cfg.rollout.prompts_per_iteration} -> {out}", flush=True)
         try:
             with launch_roles(cfg, actor_path, critic_path, tokenizer_path, reward_model) as roles:
@@ -107,7 +108,8 @@ def run(cfg: Config, out: str | Path) -> dict:
             raise
         metrics = summarize(out, cfg.loop.iterations)
         manifest = stage.complete(metrics, outputs={"actor": out / "actor", "critic": out / "critic",
-                                                    "metrics": out / "metrics.jsonl"})
+                                                    "metrics": out / "metrics.jsonl"},
+                                  extra={"data": {"prompts": len(prompts), "dropped": dropped}})
     print(f"[rlhf] ppo done: actor -> {out / 'actor'}", flush=True)
     return manifest
 
