@@ -238,3 +238,16 @@ def test_preflight_is_silent_on_cpu(monkeypatch, capsys):
     big = stage_cfg("sft", "configs/sft/tiny.yaml", ["model.path=meta-llama/Llama-2-70b-hf"])  # use_gpu: auto
     check.memory_check("sft", big)
     assert capsys.readouterr().out == ""
+
+
+def test_liger_kernels_keep_less():
+    shape = model_shape("embedded:llama-1b")
+    hf = stage_cfg("sft", "configs/sft/tiny.yaml", ["model.path=embedded:llama-1b", "data.max_length=2048"])
+    liger = stage_cfg("sft", "configs/sft/tiny.yaml", ["model.path=embedded:llama-1b", "data.max_length=2048",
+                                                       "model.kernels=liger"])
+    a, b = (estimate_stage("sft", c, suggest=False).roles[0].activations for c in (hf, liger))
+    h, kv, i = shape.hidden_size, shape.kv_size, shape.intermediate_size
+    per_seq_hf = 2048 * (shape.num_hidden_layers * (20 * h + 4 * kv + 8 * i) + 8 * h) + 2048 * shape.vocab_size * 10
+    per_seq_liger = 2048 * (shape.num_hidden_layers * (12 * h + 4 * kv + 6 * i) + 8 * h)
+    mb = hf.deepspeed.micro_batch_size
+    assert (a, b) == (mb * per_seq_hf, mb * per_seq_liger)

@@ -135,11 +135,12 @@ def gpu_precision(precision: str) -> str:
 
 
 def trained_role(role: str, model: str, shape: ModelShape, params: int, trainable: int, ds, hw: Hardware,
-                 workers: int, micro_batch: int, seq: int, checkpointing: bool, logit_tokens: int) -> RoleMemory:
+                 workers: int, micro_batch: int, seq: int, checkpointing: bool, logit_tokens: int,
+                 kernels: str = "hf") -> RoleMemory:
     per_node, nodes = hw.layout(workers)
     states = mem.trained_states(params, trainable, shape.largest_layer_params(), gpu_precision(ds.precision),
                                 ds.zero_stage, ds.offload_optimizer, ds.offload_params, per_node, nodes)
-    acts = mem.training_activation_bytes(shape, micro_batch, seq, checkpointing, logit_tokens)
+    acts = mem.training_activation_bytes(shape, micro_batch, seq, checkpointing, logit_tokens, kernels=kernels)
     return RoleMemory(role, model, params, trainable, workers, states.weights, states.gradients,
                       states.optimizer_states, acts, host=states.host, transients={"train": acts})
 
@@ -157,8 +158,11 @@ def estimate_supervised(name: str, stage: str, cfg, hw: Hardware) -> StagePlan:
     else:
         params, seqs, logit_tokens, head = shape.value_model_params(), 2 * ds.micro_batch_size, 0, shape.hidden_size
     trainable = lora_trainable(shape, cfg.lora, head) if cfg.lora is not None else params
+    kernels = getattr(cfg.model, "kernels", "hf") if stage == "sft" else "hf"  # only SFT applies model.kernels
+    if kernels == "liger":
+        logit_tokens = 0  # fused linear cross-entropy: logits only chunk by chunk, never the whole [B, T, V]
     role = trained_role("model", cfg.model.path, shape, params, trainable, ds, hw, workers, seqs,
-                        cfg.data.max_length, cfg.model.gradient_checkpointing, logit_tokens)
+                        cfg.data.max_length, cfg.model.gradient_checkpointing, logit_tokens, kernels)
     notes = [f"{shape.name}: {params:,} params" + (f", {trainable:,} trained (LoRA)" if trainable < params else "")]
     return StagePlan(name, stage, hw, [role], [GpuGroup(["model"], workers, role.peak, "train")], workers,
                      role.host, notes)
@@ -234,8 +238,11 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
         phases = {p: sum(roles[r].transients.get(p, 0) for r in key) for p in ("generate", "score", "train")}
         phase = max(phases, key=lambda p: phases[p])
         groups[key] = GpuGroup(list(key), 1, states + phases[phase], phase)
-    # Host: every role's per-node host bytes (an upper bound when the roles span several nodes).
-    host = sum(r.host for r in roles.values())
+    # Host: Ray packs the bundles onto nodes in order; each role's host bytes are per node it has a worker on.
+    on_node: dict[int, set[str]] = {}
+    for bundle, held in by_bundle.items():
+        on_node.setdefault(bundle // hw.gpus_per_node, set()).update(held)
+    host = max(sum(roles[r].host for r in held) for held in on_node.values())
     return StagePlan(name, "ppo", hw, list(roles.values()), list(groups.values()), len(bundles), host, notes)
 
 

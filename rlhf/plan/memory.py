@@ -98,7 +98,7 @@ def frozen_states(params: int, largest_layer: int, precision: str, zero_stage: i
     return ModelStates(w * params, 0, 0, int(load))
 
 
-def layer_activation_bytes_per_token(shape: ModelShape, flash: bool = True, seq: int = 0) -> int:
+def layer_activation_bytes_per_token(shape: ModelShape, flash: bool = True, seq: int = 0, kernels: str = "hf") -> int:
     """Bytes one LLaMA decoder layer keeps for backward, per token, with 16-bit activations.
 
     Korthikanti et al.'s count redone for LLaMA's layer (h hidden, i MLP width, kv = kv_heads * head_dim):
@@ -109,24 +109,30 @@ def layer_activation_bytes_per_token(shape: ModelShape, flash: bool = True, seq:
       post-attention RMSNorm + MLP input                                                              6h + 2h
       SwiGLU: gate and up outputs, SiLU(gate), and their product (down_proj's input)                    8i
     = 20h + 4kv + 8i. Eager attention (``flash=False``) also keeps the fp32 softmax and its 16-bit copy: 6 * a * s.
+    With Liger's kernels (``kernels="liger"``) an RMSNorm keeps only its 16-bit input (2h, plus a per-row rstd) and
+    the fused SwiGLU keeps gate and up and recomputes SiLU in backward (Hsu et al. 2024): 12h + 4kv + 6i.
     """
     h, i = shape.hidden_size, shape.intermediate_size
-    per_token = 20 * h + 4 * shape.kv_size + 8 * i
+    if kernels == "liger":
+        per_token = 12 * h + 4 * shape.kv_size + 6 * i
+    else:
+        per_token = 20 * h + 4 * shape.kv_size + 8 * i
     if not flash:
         per_token += 6 * shape.num_attention_heads * seq
     return per_token
 
 
 def training_activation_bytes(shape: ModelShape, micro_batch: int, seq: int, gradient_checkpointing: bool,
-                              logit_tokens: int, flash: bool = True) -> int:
+                              logit_tokens: int, flash: bool = True, kernels: str = "hf") -> int:
     """Stored activations of one micro batch [micro_batch, seq] through the whole model, at the end of forward.
 
     Without checkpointing every layer keeps ``layer_activation_bytes_per_token``; with it (transformers checkpoints
     each decoder layer) a layer keeps only its 16-bit input (2h) and one layer's set is rebuilt during its backward.
     Plus the final norm and LM-head input (8h per token) and the logits of the ``logit_tokens`` positions that
-    enter the loss (``LOGIT_BYTES`` per logit; 0 for a value head).
+    enter the loss (``LOGIT_BYTES`` per logit; 0 for a value head; the caller passes 0 where Liger's fused linear
+    cross-entropy computes the loss chunk by chunk without keeping them).
     """
-    layer = layer_activation_bytes_per_token(shape, flash, seq)
+    layer = layer_activation_bytes_per_token(shape, flash, seq, kernels)
     L, h = shape.num_hidden_layers, shape.hidden_size
     per_token = (L * 2 * h + layer) if gradient_checkpointing else L * layer
     return micro_batch * (seq * (per_token + 8 * h) + logit_tokens * shape.vocab_size * LOGIT_BYTES)
