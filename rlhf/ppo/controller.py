@@ -82,6 +82,7 @@ class Controller:
                 row = self.iteration(it)
                 if "skipped" not in row and self.evaluator.due(it + 1, loop.iterations):
                     row.update(self.evaluator.run(it + 1))
+                row.update(self.memory_peaks())
                 self.logger.log(it + 1, row)
                 if "skipped" in row:
                     self.on_skip(it, row["skip_reason"])
@@ -141,6 +142,23 @@ class Controller:
             "time_training_s": t3 - t2,
             "time_iteration_s": t3 - t0,
         }
+
+    def memory_peaks(self) -> dict[str, float]:
+        """On GPUs, each role's largest per-worker peak so far (``gpu_mem_peak_gib_<role>``, what `rlhf plan` predicts
+        per GPU); nothing on CPU, where the first call finds no CUDA worker and the rest cost nothing."""
+        if getattr(self, "_on_cuda", True) is False:
+            return {}
+        names = [(n, g) for n, g in (("actor", self.roles.actor), ("critic", self.roles.critic),
+                                     ("ref", self.roles.ref), ("reward", self.roles.reward)) if g is not None]
+        peaks = gather([ref for _, g in names for ref in g.submit("peak_memory_gib")])
+        self._on_cuda = any(p is not None for p in peaks)
+        out, i = {}, 0
+        for name, g in names:
+            values = [p for p in peaks[i:i + len(g.workers)] if p is not None]
+            i += len(g.workers)
+            if values:
+                out[f"gpu_mem_peak_gib_{name}"] = max(values)
+        return out
 
     def seed(self, it: int) -> int:
         return self.cfg.loop.seed * 1_000_003 + it * 1009

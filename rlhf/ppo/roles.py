@@ -93,6 +93,10 @@ class RoleWorker:
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
 
+    def peak_memory_gib(self) -> float | None:
+        """This process's peak CUDA allocation so far (GiB), None off the GPU."""
+        return torch.cuda.max_memory_allocated(self.dev) / 2**30 if self.dev.type == "cuda" else None
+
 
 class TrainedRole(RoleWorker):
     """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
