@@ -24,6 +24,7 @@ from rlhf.models.tokenizer import load_tokenizer
 from rlhf.ppo.config import (AlgorithmSection, CriticSection, LoopSection, PPOResourcesSection, PromptsSection,
                              RewardSection, RolloutSection, default_critic_optim)
 from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
@@ -41,6 +42,7 @@ class Config(Section):
     critic_optim: OptimSection = Field(default_factory=default_critic_optim, description="critic optimizer")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO and precision (trained roles)")
     resources: PPOResourcesSection = Field(default_factory=PPOResourcesSection, description="workers and placement")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def check_batch_arithmetic(cfg: Config) -> None:
