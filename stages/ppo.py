@@ -27,6 +27,7 @@ from rlhf.ppo.config import (AlgorithmSection, CriticSection, EvalSection, LoopS
                              PromptsSection, RewardSection, RolloutSection, default_critic_optim)
 from rlhf.ppo.estimators import ESTIMATORS
 from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
@@ -45,6 +46,7 @@ class Config(Section):
     critic_optim: OptimSection = Field(default_factory=default_critic_optim, description="critic optimizer")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO and precision (trained roles)")
     resources: PPOResourcesSection = Field(default_factory=PPOResourcesSection, description="workers and placement")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def uses_critic(cfg: Config) -> bool:

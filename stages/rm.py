@@ -37,6 +37,7 @@ from rlhf.models.reward import (TokenValues, last_token_scores, load_reward_mode
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.paths import resolve_path
 from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.trackers import LoggingSection
 
 
 class PreferenceDataSection(Section):
@@ -71,6 +72,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Ray workers")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def right_pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

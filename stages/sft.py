@@ -31,6 +31,7 @@ from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.sections import DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
@@ -43,6 +44,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Ray workers")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def right_pad(seqs: list[list[int]], value: int) -> torch.Tensor:
