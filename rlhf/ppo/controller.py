@@ -11,6 +11,7 @@ complete one, so a crash or a run of skipped updates never leaves a half-written
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -104,10 +105,11 @@ class Controller:
         old_logp = torch.cat([lp for lp, _ in actor_out])
         entropy = torch.cat([e for _, e in actor_out])
         t2 = time.perf_counter()
+        moments = copy.deepcopy(self.moments)  # the running score moments take this batch only if the update is kept
         try:
             exp, stats = compute_advantages(rollout, old_logp, torch.cat(ref_out), torch.cat(values_out),
                                             torch.cat(scores_out), self.kl_ctl.value, cfg.algorithm, cfg.reward,
-                                            self.moments)
+                                            moments)
         except NonFinite as err:
             return {"skipped": 1, "skip_reason": str(err)}
 
@@ -116,7 +118,10 @@ class Controller:
         actor_stats, critic_stats = gather(actor_refs)[0], gather(critic_refs)[0]
         t3 = time.perf_counter()
         if actor_stats.pop("nonfinite_loss") or critic_stats.pop("nonfinite_loss"):
+            # A role whose own loss went non-finite has restored itself; the other one undoes its whole update too.
+            gather(roles.actor.submit("rollback") + roles.critic.submit("rollback"))
             return {"skipped": 1, "skip_reason": "non-finite loss"}
+        self.moments = moments
         self.kl_ctl.update(stats["kl"], n)
         return {
             **stats,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rlhf.engine import checkpoint as ckpt
+from rlhf.engine import collectives, snapshot
 from rlhf.engine.build import build_engine, device, init_distributed
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
@@ -42,6 +43,7 @@ class RoleSpec:
     gradient_checkpointing: bool = False
     reward: RewardSection | None = None
     env: dict[str, str] = field(default_factory=dict)
+    backend: str = "gloo"  # torch backend of the role's process group (rlhf.engine.collectives.resolve_backend)
 
 
 def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -70,7 +72,7 @@ class RoleWorker:
         # Ray pins each worker's GPU via CUDA_VISIBLE_DEVICES, so the local device is always index 0.
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        init_distributed()
+        init_distributed(self.spec.backend)
         torch.manual_seed(self.spec.seed + self.rank)
         self.dev = device()
         self.setup()
@@ -86,20 +88,31 @@ class TrainedRole(RoleWorker):
     """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
 
     def build(self, model: torch.nn.Module) -> None:
-        # One minibatch per optimizer step (see rlhf.ppo.minibatch): DeepSpeed's batch = this worker's minibatch.
-        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": self.spec.mini_batch_per_worker,
-                                                    "gradient_accumulation_steps": 1})
+        # One minibatch per optimizer step (see rlhf.ppo.minibatch), accumulated over micro-batches.
+        mini, micro = self.spec.mini_batch_per_worker, self.micro_batch()
+        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": micro,
+                                                    "gradient_accumulation_steps": mini // micro})
         self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
+
+    def micro_batch(self) -> int:
+        """Rows per forward/backward on this worker: algorithm.micro_batch_size, default the whole minibatch share."""
+        return min(self.spec.algo.micro_batch_size or self.spec.mini_batch_per_worker, self.spec.mini_batch_per_worker)
 
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def train(self, experience: Experience, iteration: int) -> dict[str, float]:
-        """PPO epochs over this worker's rows; stats averaged over steps and ranks."""
+        """PPO epochs over this worker's rows; stats averaged over steps and ranks. The state before the update is
+        kept until the next one, so the controller can undo it (``rollback``) when the other role's update failed."""
         self.engine.train()
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
+        self.before_update = snapshot.take(self.engine)
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
-                          seed, self.loss, self.dev)
+                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update)
+
+    def rollback(self) -> None:
+        """Undo the last ``train`` (every rank restores its own shard; no collective)."""
+        snapshot.restore(self.engine, self.before_update)
 
     def save_state(self, root: str, iteration: int, client_state: dict) -> None:
         ckpt.save_training_state(self.engine, Path(root), iteration, client_state)
@@ -121,7 +134,7 @@ class TrainedRole(RoleWorker):
 
             module, state_dict = self.hf_module(state_dict)
             ckpt.save_hf_dir(module, state_dict, load_tokenizer(self.spec.tokenizer_path), out_dir)
-        ckpt.barrier()
+        collectives.barrier()
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
         return self.engine.module, state_dict
