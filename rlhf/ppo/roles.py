@@ -18,6 +18,7 @@ import torch
 from rlhf.engine import checkpoint as ckpt
 from rlhf.engine import collectives, snapshot
 from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.engine.deepspeed_config import resolve_precision
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
@@ -79,6 +80,11 @@ class RoleWorker:
 
     def setup(self) -> None:
         raise NotImplementedError
+
+    def inference_precision(self) -> str:
+        """Frozen roles load in the trained roles' precision (deepspeed.precision; auto = bf16 on GPU, fp32 on CPU)."""
+        precision = resolve_precision(self.spec.deepspeed, torch.cuda.is_available())
+        return "fp32" if precision == "amp_bf16" else precision
 
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
@@ -219,13 +225,12 @@ class ReferenceWorker(RoleWorker):
     """The frozen SFT policy; its log-probs anchor the KL penalty. ZeRO-3 sharded for inference if asked."""
 
     def setup(self) -> None:
-        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.loading import load_for_inference
 
-        model = load_causal_lm(self.spec.model_path).eval().requires_grad_(False)
-        if self.spec.deepspeed.zero_stage == 3:
-            self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
-        else:
-            self.model = model.to(self.dev)
+        zero3 = self.spec.deepspeed.zero_stage == 3
+        model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(),
+                                   "cpu" if zero3 else self.dev)
+        self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False) if zero3 else model
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
@@ -246,7 +251,7 @@ class RewardWorker(RoleWorker):
         if reward.model:
             from rlhf.models.reward import RewardScorer
 
-            self.scorer = RewardScorer(reward.model, device=self.dev)
+            self.scorer = RewardScorer(reward.model, device=self.dev, precision=self.inference_precision())
         elif reward.url:
             from rlhf.ppo.remote_reward import RemoteReward
 
