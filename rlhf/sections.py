@@ -63,7 +63,12 @@ class TrainSection(Section):
 
 class ResourcesSection(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per worker; auto = if the cluster has GPUs")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="GPUs for the workers; auto = if the cluster has GPUs")
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share per worker with use_gpu; 0.5 puts 2 ranks on a GPU")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="collectives on GPU: auto = nccl with whole GPUs, gloo with shared ones (NCCL refuses "
+                            "two ranks on one GPU); always gloo on CPU"
+    )
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")

@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 
 from rlhf.config import Section
+from rlhf.models.loading import INFERENCE_PRECISION_HELP, InferencePrecision
 from rlhf.data.formats import to_prompt_messages
 from rlhf.data.io import read_rows, write_jsonl
 from rlhf.data.templates import encode_prompt
@@ -77,6 +78,7 @@ class Config(Section):
     kl: KLSection = Field(default_factory=KLSection, description="KL(policy || baseline) estimate")
     judge: LLMJudgeSection | None = Field(None, description="optional pairwise LLM judge (OpenAI-compatible API)")
     batch_size: int = Field(64, ge=1, description="sequences per generate/forward call")
+    precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's own)")
 
 

@@ -14,6 +14,7 @@ complete one, so a crash or a run of skipped updates never leaves a half-written
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -118,9 +119,10 @@ class Controller:
         scores, parts = merge_scores(scores_out)
         values = torch.cat(values_out[0]) if values_out else None
         t2 = time.perf_counter()
+        moments = copy.deepcopy(self.moments)  # the running score moments take this batch only if the update is kept
         try:
             exp, stats = compute_advantages(rollout, old_logp, torch.cat(ref_out), values, scores, self.kl_ctl.value,
-                                            cfg.algorithm, cfg.reward, self.moments, group_ids)
+                                            cfg.algorithm, cfg.reward, moments, group_ids)
         except NonFinite as err:
             return {"skipped": 1, "skip_reason": str(err)}
         if len(parts) > 1:
@@ -130,7 +132,10 @@ class Controller:
         results = {name: gather(refs)[0] for name, refs in trained}
         t3 = time.perf_counter()
         if any(r.pop("nonfinite_loss") for r in results.values()):
+            # A role whose own loss went non-finite has restored itself; the others undo their whole update too.
+            gather([ref for _, group in roles.trained() for ref in group.submit("rollback")])
             return {"skipped": 1, "skip_reason": "non-finite loss"}
+        self.moments = moments
         self.kl_ctl.update(stats["kl"], n * k)
         return {
             **stats,
