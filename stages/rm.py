@@ -35,12 +35,12 @@ from rlhf.models.reward import (TokenValues, last_token_scores, load_reward_mode
                                 unwrap_state_dict)
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.paths import resolve_path
-from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.sections import (
+    DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, SourceSection, TrainSection, read_source,
+)
 
 
-class PreferenceDataSection(Section):
-    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet) or hub dataset name")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
+class PreferenceDataSection(SourceSection):
     format: Literal["auto", "pairs", "deepspeed_chat", "hh", "colossal"] = Field(
         "auto", description="pairs {prompt, chosen, rejected}; hh (Anthropic transcripts); deepspeed_chat; "
                             "colossal {context, chosen, rejected}; auto detects by keys")
@@ -176,7 +176,7 @@ def encode_pairs(pairs: list[Pair], d: PreferenceDataSection, tokenizer) -> tupl
 def prepare_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict], dict[str, int]]:
     """Rows -> (train, eval) examples and drop counts by reason. Every row is validated here, on the driver."""
     d = cfg.data
-    rows = read_rows(d.path, d.split)[: d.limit]
+    rows = read_source(d)[: d.limit]
     pairs, dropped = load_pairs(rows, d.format, d.margin_key, d.strict)
     if d.eval_path:
         eval_pairs, eval_dropped = load_pairs(read_rows(d.eval_path), d.format, d.margin_key, d.strict)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhf.data.formats import Message, to_prompt_messages
-from rlhf.data.io import read_rows
 from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.ppo.config import PromptsSection
+from rlhf.sections import read_source
 
 
 @dataclass
@@ -29,7 +29,7 @@ def prompt_text(messages: list[Message]) -> str:
 
 def load_prompts(section: PromptsSection, tokenizer) -> tuple[list[Prompt], int]:
     """(prompts, number skipped for exceeding max_prompt_length). A UserError when none are left."""
-    rows = read_rows(section.path, section.split)[: section.limit]
+    rows = read_source(section)[: section.limit]
     prompts, skipped = [], 0
     for row in rows:
         messages = to_prompt_messages(row, section.format)
