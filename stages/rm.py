@@ -24,7 +24,6 @@ from rlhf.data.io import read_rows
 from rlhf.data.preferences import Pair, load_pairs
 from rlhf.data.splits import load_examples, save_examples, split_eval
 from rlhf.data.templates import encode_prompt_response
-from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
@@ -32,7 +31,7 @@ from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.reward import (TokenValues, last_token_scores, load_reward_model, pairwise_loss, reward_config,
-                                unwrap_state_dict)
+                                save_reward_model, unwrap_state_dict)
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.paths import resolve_path
 from rlhf.sections import (
@@ -149,7 +148,7 @@ class RewardTask:
             state_dict = merge_lora_state_dict(state_dict, self.lora.scaling)
         stats = self.reward_stats or {}
         extra = reward_config(stats.get("reward_mean"), stats.get("reward_std"), self.template, self.max_length)
-        save_hf_dir(engine.module.classifier, state_dict, load_tokenizer(self.tokenizer_path), out_dir, extra)
+        save_reward_model(engine.module.classifier, state_dict, load_tokenizer(self.tokenizer_path), out_dir, extra)
 
 
 def initial_model_path(path: str, tokenizer: str | None) -> str:
