@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from rlhf.config import Section
 
@@ -75,9 +75,31 @@ class ResourcesSection(Section):
     memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
 
 
-class DataSection(Section):
-    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet) or hub dataset name")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
+class SourceSection(Section):
+    """Where records come from; every data section that names a source has these three keys."""
+
+    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet), hf://datasets/<repo>/<file>, "
+                                       "dataset folder or hub dataset name")
+    config: str | None = Field(None, description="config (subset) of a hub dataset or dataset folder")
+    split: str | None = Field(None, description="split of a hub dataset or dataset folder (default train)")
+
+
+def _path_alone(value: object) -> object:
+    return {"path": value} if isinstance(value, str) else value
+
+
+# A source given as a bare path string or as {path, config, split}.
+Source = Annotated[SourceSection, BeforeValidator(_path_alone)]
+
+
+def read_source(source: SourceSection):
+    """The rows of ``source`` (see :func:`rlhf.data.io.read_rows`)."""
+    from rlhf.data.io import read_rows
+
+    return read_rows(source.path, source.split, source.config)
+
+
+class DataSection(SourceSection):
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="record format; auto detects by keys"
     )

@@ -10,12 +10,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
-from rlhf.sections import OptimSection
+from rlhf.sections import OptimSection, SourceSection
 
 
-class PromptsSection(Section):
+class PromptsSection(SourceSection):
     path: str = Field(..., description="prompt records: alpaca (output optional), sharegpt, messages or prompt rows")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="record format; auto detects by keys"
     )
