@@ -38,6 +38,7 @@ from rlhf.paths import resolve_path
 from rlhf.sections import (
     DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, SourceSection, TrainSection, read_source,
 )
+from rlhf.trackers import LoggingSection
 
 
 class PreferenceDataSection(SourceSection):

@@ -33,6 +33,7 @@ from rlhf.models.tokenizer import load_tokenizer
 from rlhf.sections import (
     DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection, read_source,
 )
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
