@@ -53,6 +53,8 @@ def check_batch_arithmetic(cfg: Config) -> None:
         workers = getattr(res, key)
         if n % workers:
             raise UserError(f"rollout.prompts_per_iteration={n} must be a multiple of resources.{key}={workers}")
+    if res.offload_while_generating and cfg.deepspeed.zero_stage == 0:
+        raise UserError("resources.offload_while_generating needs deepspeed.zero_stage >= 1 (DeepSpeed offload_states)")
     for key in ("actor_workers", "critic_workers"):
         if mb % getattr(res, key):
             raise UserError(f"algorithm.mini_batch_size={mb} must be a multiple of resources.{key}={getattr(res, key)}")

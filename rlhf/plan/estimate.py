@@ -56,6 +56,7 @@ class RoleMemory:
     kv_cache: int = 0
     host: int = 0
     transients: dict[str, int] = field(default_factory=dict)  # phase -> bytes on top of the states
+    asleep: int = 0  # bytes of the states moved to the host while the actor generates (offload_while_generating)
 
     @property
     def states(self) -> int:
@@ -223,6 +224,10 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     else:
         reward = RoleMemory("reward", cfg.reward.url or cfg.reward.function or "", 0, 0, res.reward_workers)
     roles = {"actor": actor, "critic": critic, "ref": ref, "reward": reward}
+    if res.offload_while_generating:
+        for r in (actor, critic):
+            r.asleep = r.gradients + r.optimizer_states
+        notes.append("the actor's and critic's optimizer states and gradients sleep in host memory while generating")
     bundles, slots = placement(res, True)
     by_bundle: dict[int, list[str]] = {}
     for role, role_slots in slots.items():
@@ -234,10 +239,11 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
         if key in groups:
             groups[key].gpus += 1
             continue
-        states = sum(roles[r].states + mem.RESERVED_BYTES for r in key)
-        phases = {p: sum(roles[r].transients.get(p, 0) for r in key) for p in ("generate", "score", "train")}
+        phases = {p: sum(roles[r].states + mem.RESERVED_BYTES + roles[r].transients.get(p, 0)
+                         - (roles[r].asleep if p == "generate" else 0) for r in key)
+                  for p in ("generate", "score", "train")}
         phase = max(phases, key=lambda p: phases[p])
-        groups[key] = GpuGroup(list(key), 1, states + phases[phase], phase)
+        groups[key] = GpuGroup(list(key), 1, phases[phase], phase)
     # Host: Ray packs the bundles onto nodes in order; each role's host bytes are per node it has a worker on.
     on_node: dict[int, set[str]] = {}
     for bundle, held in by_bundle.items():

@@ -90,7 +90,12 @@ class Controller:
         t0 = time.perf_counter()
         n = cfg.rollout.prompts_per_iteration
         batch = [self.prompts[i] for i in batch_indices(len(self.prompts), cfg.loop.seed, it * n, n)]
+        sleep = cfg.resources.offload_while_generating
+        offload_s = max(gather(roles.actor.submit("offload_states") + roles.critic.submit("offload_states"))) \
+            if sleep else 0.0
         outs = gather(roles.actor.submit_sharded("generate", [p.ids for p in batch], self.seed(it)))
+        if sleep:
+            offload_s += max(gather(roles.actor.submit("reload_states") + roles.critic.submit("reload_states")))
         responses = [r for rs, _ in outs for r in rs]
         sync_s = max(t["sync_s"] for _, t in outs)
         rollout = build_rollout([p.ids for p in batch], responses, self.eos_id, self.pad_id)
@@ -123,8 +128,9 @@ class Controller:
             "entropy": masked_mean(entropy, rollout.response_mask).item(),
             **{k: v for k, v in actor_stats.items() if k != "loss"},
             **{k: v for k, v in critic_stats.items() if k != "loss"},
-            "time_generation_s": t1 - t0 - sync_s,
+            "time_generation_s": t1 - t0 - sync_s - offload_s,
             "time_weight_sync_s": sync_s,
+            **({"time_state_offload_s": offload_s} if sleep else {}),
             "time_scoring_s": t2 - t1,
             "time_training_s": t3 - t2,
             "time_iteration_s": t3 - t0,

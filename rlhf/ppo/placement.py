@@ -2,7 +2,8 @@
 
 As in OpenRLHF's ``PPORayActorGroup`` (openrlhf/trainer/ray/launcher.py): every worker of a role is pinned to a
 bundle; roles that colocate (actor + reference, critic + reward) put worker i of each on the same bundle i and
-ask for a fraction of its CPU/GPU, so one host (one core, one GPU) serves both.
+ask for a fraction of its CPU/GPU, so one host (one core, one GPU) serves both; ``colocate_all`` puts all four roles
+on every bundle (OpenRLHF's ``colocate_all_models``), so N GPUs serve the whole PPO loop.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ def plan(res: PPOResourcesSection, use_gpu: bool) -> tuple[list[dict[str, float]
     counts = {"actor": res.actor_workers, "ref": res.ref_workers, "critic": res.critic_workers,
               "reward": res.reward_workers}
     hosts: list[tuple[str, ...]] = []
-    hosts.append(("actor", "ref") if res.colocate_actor_ref else ("actor",))
-    if not res.colocate_actor_ref:
-        hosts.append(("ref",))
-    hosts.append(("critic", "reward") if res.colocate_critic_reward else ("critic",))
-    if not res.colocate_critic_reward:
-        hosts.append(("reward",))
+    if res.colocate_all:
+        hosts.append(("actor", "ref", "critic", "reward"))
+    else:
+        hosts.append(("actor", "ref") if res.colocate_actor_ref else ("actor",))
+        if not res.colocate_actor_ref:
+            hosts.append(("ref",))
+        hosts.append(("critic", "reward") if res.colocate_critic_reward else ("critic",))
+        if not res.colocate_critic_reward:
+            hosts.append(("reward",))
     bundle: dict[str, float] = {"CPU": res.cpus_per_bundle}
     if use_gpu:
         bundle["GPU"] = 1.0

@@ -99,6 +99,30 @@ class TrainedRole(RoleWorker):
                                                     "gradient_accumulation_steps": 1})
         self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
 
+    # What leaves the GPU while the actor generates: fp32 master weights, Adam moments, gradient buffers. The 16-bit
+    # weights stay (the actor generates with them; ZeRO-3 gathers from them).
+    SLEEP_STATES = ("hp_params", "optim_states", "lp_grads", "contiguous_grad_buffer")
+
+    def offload_states(self) -> float:
+        """Optimizer states and gradients to host memory (DeepSpeed ``offload_states``); returns the seconds taken."""
+        import time
+
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum
+
+        start = time.perf_counter()
+        on_gpu = self.dev.type == "cuda"
+        self.engine.offload_states(include=[OffloadStateTypeEnum(s) for s in self.SLEEP_STATES], pin_memory=on_gpu)
+        if on_gpu:
+            torch.cuda.empty_cache()  # give the freed blocks back, so a colocated role can use them
+        return time.perf_counter() - start
+
+    def reload_states(self) -> float:
+        import time
+
+        start = time.perf_counter()
+        self.engine.reload_states()
+        return time.perf_counter() - start
+
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
