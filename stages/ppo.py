@@ -21,6 +21,7 @@ from rlhf.manifest import StageRun
 from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
+from rlhf.models.lora import LoraSection
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.ppo.config import (AlgorithmSection, CriticSection, LoopSection, PPOResourcesSection, PromptsSection,
                              RewardSection, RolloutSection, default_critic_optim)
@@ -40,6 +41,9 @@ class Config(Section):
     actor_optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-5, schedule="constant"),
                                       description="actor optimizer")
     critic_optim: OptimSection = Field(default_factory=default_critic_optim, description="critic optimizer")
+    lora: LoraSection | None = Field(
+        None, description="actor and critic train LoRA adapters (the critic's value head whole); the reference is the "
+                          "actor's base with its adapters off, so no reference workers and no second policy copy")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO and precision (trained roles)")
     resources: PPOResourcesSection = Field(default_factory=PPOResourcesSection, description="workers and placement")
 
@@ -143,7 +147,9 @@ class launch_roles:
         actor_path, critic_path, tokenizer_path, reward_model = self.paths
         ensure_ray(res.address)
         use_gpu = cluster_has_gpus() if res.use_gpu == "auto" else bool(res.use_gpu)
-        bundles, slots = plan(res, use_gpu)
+        # With LoRA the actor's base is the reference: no reference workers, no bundles for them.
+        skip = ("ref",) if cfg.lora is not None else ()
+        bundles, slots = plan(res, use_gpu, skip=skip)
         self.pg = create_placement_group(bundles)
         threads = res.threads_per_worker or max(1, round(res.cpus_per_bundle))
         steps = cfg.loop.iterations * cfg.algorithm.ppo_epochs * (cfg.rollout.prompts_per_iteration
@@ -151,17 +157,20 @@ class launch_roles:
         common = dict(tokenizer_path=tokenizer_path, deepspeed=cfg.deepspeed, algo=cfg.algorithm,
                       rollout=cfg.rollout, threads=threads, seed=cfg.loop.seed, total_steps=steps, env=worker_env())
         specs = {
-            "actor": RoleSpec(model_path=actor_path, optim=cfg.actor_optim, gradient_checkpointing=cfg.actor.gradient_checkpointing,
+            "actor": RoleSpec(model_path=actor_path, optim=cfg.actor_optim, lora=cfg.lora,
+                              gradient_checkpointing=cfg.actor.gradient_checkpointing,
                               mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.actor_workers, **common),
-            "critic": RoleSpec(model_path=critic_path, optim=cfg.critic_optim,
+            "critic": RoleSpec(model_path=critic_path, optim=cfg.critic_optim, lora=cfg.lora,
                                gradient_checkpointing=cfg.critic.gradient_checkpointing,
                                mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.critic_workers, **common),
             "ref": RoleSpec(model_path=actor_path, **common),
             "reward": RoleSpec(model_path=reward_model or actor_path, reward=cfg.reward, **common),
         }
         classes = {"actor": ActorWorker, "critic": CriticWorker, "ref": ReferenceWorker, "reward": RewardWorker}
-        built = {}
+        built = {"ref": None}
         for role in ("actor", "critic", "ref", "reward"):
+            if role in skip:
+                continue
             built[role] = RoleGroup(role, classes[role], specs[role], slots[role], self.pg)
             self.groups.append(built[role])
         # All roles load their models at the same time; each group still rendezvouses on its own port.

@@ -212,8 +212,9 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
              f"generation: {gen_batch} prompts per actor worker x {prompt}+{new} tokens"]
     if lora is not None:
         # The reference is the actor's base with the adapters off: no second copy of the policy (rlhf.ppo.roles).
-        ref = RoleMemory("ref", cfg.actor.path, 0, 0, res.ref_workers, transients={"score": score})
-        notes.append("LoRA: the reference is the actor's base with its adapters off (no weights of its own)")
+        # Its log-probs run on the actor's workers, one after the actor's own: no memory beside the actor's scoring.
+        ref = None
+        notes.append("LoRA: the reference is the actor's base with its adapters off (no workers, no weights of its own)")
     else:
         ref = frozen_role("ref", cfg.actor.path, actor_shape, a_params, ds, hw, res.ref_workers, fwd, seq, new + 1)
     if cfg.reward.model:
@@ -223,19 +224,19 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
                              ds.model_copy(update={"zero_stage": 0}), hw, res.reward_workers, fwd, seq, 0)
     else:
         reward = RoleMemory("reward", cfg.reward.url or cfg.reward.function or "", 0, 0, res.reward_workers)
-    roles = {"actor": actor, "critic": critic, "ref": ref, "reward": reward}
+    roles = {k: v for k, v in {"actor": actor, "critic": critic, "ref": ref, "reward": reward}.items() if v is not None}
     if res.offload_while_generating:
         for r in (actor, critic):
             r.asleep = r.gradients + r.optimizer_states
         notes.append("the actor's and critic's optimizer states and gradients sleep in host memory while generating")
-    bundles, slots = placement(res, True)
+    bundles, slots = placement(res, True, skip=("ref",) if lora is not None else ())
     by_bundle: dict[int, list[str]] = {}
     for role, role_slots in slots.items():
         for s in role_slots:
             by_bundle.setdefault(s.bundle, []).append(role)
     groups: dict[tuple[str, ...], GpuGroup] = {}
     for held in by_bundle.values():
-        key = tuple(r for r in ("actor", "critic", "ref", "reward") if r in held)
+        key = tuple(r for r in ("actor", "critic", "ref", "reward") if r in held and r in roles)
         if key in groups:
             groups[key].gpus += 1
             continue

@@ -37,11 +37,11 @@ LATEST = "latest.json"
 class Roles:
     actor: RoleGroup
     critic: RoleGroup
-    ref: RoleGroup
+    ref: RoleGroup | None  # None with LoRA: the actor's base (adapters off) is the reference
     reward: RoleGroup
 
     def all(self) -> list[RoleGroup]:
-        return [self.actor, self.critic, self.ref, self.reward]
+        return [g for g in (self.actor, self.critic, self.ref, self.reward) if g is not None]
 
 
 def gather(refs: list) -> list:
@@ -101,7 +101,9 @@ class Controller:
         rollout = build_rollout([p.ids for p in batch], responses, self.eos_id, self.pad_id)
         t1 = time.perf_counter()
 
-        refs = [roles.actor.submit_sharded("logprobs", rollout), roles.ref.submit_sharded("logprobs", rollout),
+        ref_logprobs = roles.ref.submit_sharded("logprobs", rollout) if roles.ref is not None else \
+            roles.actor.submit_sharded("ref_logprobs", rollout)
+        refs = [roles.actor.submit_sharded("logprobs", rollout), ref_logprobs,
                 roles.critic.submit_sharded("values", rollout),
                 roles.reward.submit_sharded("score", rollout, extra_rows=[[p.messages for p in batch],
                                                                           [p.text for p in batch]])]

@@ -25,10 +25,11 @@ class Slot:
     gpus: float
 
 
-def plan(res: PPOResourcesSection, use_gpu: bool) -> tuple[list[dict[str, float]], dict[str, list[Slot]]]:
+def plan(res: PPOResourcesSection, use_gpu: bool,
+         skip: tuple[str, ...] = ()) -> tuple[list[dict[str, float]], dict[str, list[Slot]]]:
     """(bundles, slots per role). Each host set gets ``workers`` bundles; its roles split each bundle evenly.
 
-    E.g. actor 2 workers colocated with ref, critic and reward 1 each, not colocated, 1 CPU per bundle:
+    ``skip`` names roles that do not run. E.g. actor 2 workers colocated with ref, critic and reward 1 each, not colocated, 1 CPU per bundle:
     bundles [1, 1, 1, 1]; actor -> bundles 0, 1 at 0.5 CPU; ref -> 0, 1 at 0.5; critic -> 2 at 1; reward -> 3 at 1.
     """
     counts = {"actor": res.actor_workers, "ref": res.ref_workers, "critic": res.critic_workers,
@@ -43,6 +44,8 @@ def plan(res: PPOResourcesSection, use_gpu: bool) -> tuple[list[dict[str, float]
         hosts.append(("critic", "reward") if res.colocate_critic_reward else ("critic",))
         if not res.colocate_critic_reward:
             hosts.append(("reward",))
+    # A role that does not run (``skip``: the reference under LoRA) takes no bundle and no share of one.
+    hosts = [kept for kept in (tuple(r for r in roles if r not in skip) for roles in hosts) if kept]
     bundle: dict[str, float] = {"CPU": res.cpus_per_bundle}
     if use_gpu:
         bundle["GPU"] = 1.0
