@@ -182,7 +182,7 @@ def test_sft_plan_components_add_up_and_verdicts():
     assert json.loads(json.dumps(d))["roles"][0]["weights"] == role.weights
 
 
-@pytest.mark.parametrize("name", ["rlhf-real", "alpaca-real", "koala-real", "vicuna-real", "rlhf-real-2node"])
+@pytest.mark.parametrize("name", ["rlhf-real", "alpaca-real", "koala-real", "vicuna-real", "dpo-real", "rlhf-real-2node"])
 def test_shipped_real_pipelines_fit_with_headroom(name):
     from rlhf.pipeline.shipped import find_pipeline
     from rlhf.pipeline.spec import load_pipeline
@@ -283,3 +283,16 @@ def test_colocate_all_placement_and_plan():
     assert g_awake.peak >= gen
     assert sleep.to_dict()["groups"][0]["peak"] == max(gen - asleep, *(
         sum(r.states + mem.RESERVED_BYTES + r.transients.get(p, 0) for r in awake.roles) for p in ("score", "train")))
+
+
+def test_dpo_plan_counts_a_live_reference():
+    over = ["model.path=meta-llama/Meta-Llama-3-8B", "resources.num_workers=8", "deepspeed.zero_stage=3"]
+    pre = estimate_stage("dpo", stage_cfg("dpo", "configs/dpo/tiny.yaml", over), suggest=False)
+    live = estimate_stage("dpo", stage_cfg("dpo", "configs/dpo/tiny.yaml", over + ["reference.mode=live"]),
+                          suggest=False)
+    free = estimate_stage("dpo", stage_cfg("dpo", "configs/dpo/tiny.yaml", over + ["reference.mode=live",
+                                                                                   "loss.kind=simpo"]), suggest=False)
+    assert [r.role for r in pre.roles] == [r.role for r in free.roles] == ["model"]
+    ref = live.roles[1]
+    assert ref.role == "reference" and ref.weights == 2 * 8_030_261_248 // 8 + 4 * 128256 * 4096
+    assert live.gpu_peak > pre.gpu_peak

@@ -19,7 +19,7 @@ from rlhf.plan.model_size import ModelShape, model_shape
 
 # "fits" needs this share of each GPU free; between 0 and this the plan is "tight" (runs, with a warning).
 HEADROOM = 0.10
-PLANNED_STAGES = ("sft", "rm", "ppo")
+PLANNED_STAGES = ("sft", "rm", "dpo", "ppo")
 
 
 @dataclass(frozen=True)
@@ -151,11 +151,15 @@ def lora_trainable(shape: ModelShape, lora, head_params: int = 0) -> int:
 
 
 def estimate_supervised(name: str, stage: str, cfg, hw: Hardware) -> StagePlan:
-    """SFT (causal LM, logits on every position) or RM (pairs: 2 sequences per example, a [1, h] score head)."""
+    """SFT (causal LM, logits on every position), RM (pairs: 2 sequences per example, a [1, h] score head) or DPO
+    (pairs through the causal LM, plus a frozen reference engine when it keeps one)."""
     shape = model_shape(cfg.model.path, cfg.model.tokenizer)
     ds, workers = cfg.deepspeed, cfg.resources.num_workers
     if stage == "sft":
         params, seqs, logit_tokens, head = shape.causal_lm_params(), ds.micro_batch_size, cfg.data.max_length, 0
+    elif stage == "dpo":  # chosen and rejected of each pair (one row each for KTO), log-probs over every position
+        seqs = ds.micro_batch_size * (1 if cfg.loss.kind == "kto" else 2)
+        params, logit_tokens, head = shape.causal_lm_params(), cfg.data.max_length, 0
     else:
         params, seqs, logit_tokens, head = shape.value_model_params(), 2 * ds.micro_batch_size, 0, shape.hidden_size
     trainable = lora_trainable(shape, cfg.lora, head) if cfg.lora is not None else params
@@ -165,8 +169,28 @@ def estimate_supervised(name: str, stage: str, cfg, hw: Hardware) -> StagePlan:
     role = trained_role("model", cfg.model.path, shape, params, trainable, ds, hw, workers, seqs,
                         cfg.data.max_length, cfg.model.gradient_checkpointing, logit_tokens, kernels)
     notes = [f"{shape.name}: {params:,} params" + (f", {trainable:,} trained (LoRA)" if trainable < params else "")]
-    return StagePlan(name, stage, hw, [role], [GpuGroup(["model"], workers, role.peak, "train")], workers,
-                     role.host, notes)
+    roles = [role]
+    if stage == "dpo" and dpo_reference_engine(cfg):
+        # A frozen reference engine beside the policy on every worker (live, or a separate reference.path).
+        ref_path = cfg.reference.path or cfg.model.path
+        ref_shape = model_shape(ref_path, cfg.model.tokenizer)
+        roles.append(frozen_role("reference", ref_path, ref_shape, ref_shape.causal_lm_params(), ds, hw, workers,
+                                 seqs, cfg.data.max_length, cfg.data.max_length))
+        notes.append(f"reference ({cfg.reference.mode}): a frozen copy on every worker")
+    phases = {p: sum(r.states + r.transients.get(p, 0) for r in roles) for p in ("train", "score")}
+    phase = max(phases, key=lambda p: phases[p])
+    group = GpuGroup([r.role for r in roles], workers, phases[phase] + mem.RESERVED_BYTES, phase)
+    return StagePlan(name, stage, hw, roles, [group], workers, sum(r.host for r in roles), notes)
+
+
+def dpo_reference_engine(cfg) -> bool:
+    """Whether DPO builds a second (reference) engine: a live reference, or a precomputed one from another path
+    (a precomputed reference of the initial policy is the policy engine itself, before training)."""
+    from rlhf.dpo.losses import REFERENCE_FREE
+
+    if cfg.loss.kind in REFERENCE_FREE:
+        return False
+    return cfg.reference.mode == "live" or cfg.reference.path is not None
 
 
 def frozen_role(role: str, model: str, shape: ModelShape, params: int, ds, hw: Hardware, workers: int, batch: int,
@@ -259,7 +283,7 @@ def estimate_stage(stage: str, cfg, hardware: Hardware | None = None, name: str 
     hw = hardware or Hardware()
     if stage == "ppo":
         plan = estimate_ppo(name or stage, cfg, hw)
-    elif stage in ("sft", "rm"):
+    elif stage in ("sft", "rm", "dpo"):
         plan = estimate_supervised(name or stage, stage, cfg, hw)
     else:
         raise UserError(f"cannot plan a '{stage}' stage: planned stages are {', '.join(PLANNED_STAGES)}")
