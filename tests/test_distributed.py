@@ -61,6 +61,8 @@ def check_collectives(rank: int, world: int) -> None:
 
     sums = collectives.all_reduce_sums({"a": 1.0 + rank, "b": 10.0})
     assert sums == {"a": 3.0, "b": 20.0}, sums
+    table = torch.full((2, 2), float(rank + 1), dtype=torch.float64)
+    assert collectives.all_reduce_sum_(table) is table and torch.equal(table, torch.full((2, 2), 3.0, dtype=torch.float64))
     assert collectives.all_true(True)
     assert not collectives.all_true(rank == 0)  # one false rank makes every rank false
     assert not collectives.all_finite(torch.tensor(float("nan") if rank == 1 else 1.0))

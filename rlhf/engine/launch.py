@@ -71,9 +71,12 @@ class Progress:
     def _run(self) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+        from rlhf.console import terminal
+
+        bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, mininterval=1.0, file=terminal())
         shown = 0
-        while not self._stop.wait(1.0):
+        while True:
+            stopping = self._stop.wait(1.0)  # one more look after the stop, so the bar ends at the last step
             rows = [r for r in read_metrics(self.out) if "loss" in r or "reward_mean" in r]
             if rows:
                 last = rows[-1]
@@ -82,6 +85,8 @@ class Progress:
                     bar.update(step - shown)
                     shown = step
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "reward_mean", "tokens_per_s")})
+            if stopping:
+                break
         bar.close()
 
     def __enter__(self) -> "Progress":
