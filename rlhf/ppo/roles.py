@@ -17,11 +17,12 @@ import torch
 
 from rlhf.engine import checkpoint as ckpt
 from rlhf.engine import collectives, snapshot
-from rlhf.engine.build import build_engine, device, init_distributed
-from rlhf.engine.deepspeed_config import resolve_precision
+from rlhf.engine.build import build_engine, device, init_distributed, zero3_config
+from rlhf.engine.deepspeed_config import inference_precision
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
+from rlhf.models.loading import partitioned
 from rlhf.ppo.estimators import ESTIMATORS
 from rlhf.ppo.kl import kl_penalty
 from rlhf.ppo.losses import aggregate, entropy_bonus, entropy_from_logits, policy_loss, value_loss
@@ -90,8 +91,7 @@ class RoleWorker:
     def inference_precision(self) -> str:
         """Frozen roles load in the trained roles' precision (deepspeed.precision; auto = bf16 on GPU, fp32 on CPU),
         as ``rlhf plan`` counts them."""
-        precision = resolve_precision(self.spec.deepspeed, torch.cuda.is_available())
-        return "fp32" if precision == "amp_bf16" else precision
+        return inference_precision(self.spec.deepspeed, torch.cuda.is_available())
 
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
@@ -104,12 +104,18 @@ class RoleWorker:
 class TrainedRole(RoleWorker):
     """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
 
-    def build(self, model: torch.nn.Module) -> None:
+    def deepspeed_section(self) -> DeepSpeedSection:
         # One minibatch per optimizer step (see rlhf.ppo.minibatch), accumulated over micro-batches.
         mini, micro = self.spec.mini_batch_per_worker, self.micro_batch()
-        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": micro,
-                                                    "gradient_accumulation_steps": mini // micro})
-        self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
+        return self.spec.deepspeed.model_copy(update={"micro_batch_size": micro,
+                                                      "gradient_accumulation_steps": mini // micro})
+
+    def loading(self):
+        """Context for loading the trained model: under ZeRO-3 each rank builds only its shard."""
+        return partitioned(zero3_config(self.deepspeed_section(), self.spec.optim))
+
+    def build(self, model: torch.nn.Module) -> None:
+        self.engine = build_engine(model, self.deepspeed_section(), self.spec.optim, self.spec.total_steps)
 
     def micro_batch(self) -> int:
         """Rows per forward/backward on this worker: algorithm.micro_batch_size, default the whole minibatch share."""
@@ -192,8 +198,9 @@ class ActorWorker(TrainedRole):
 
         from rlhf.models.lora import prepare_for_training
 
-        model = prepare_for_training(load_causal_lm(self.spec.model_path), self.spec.lora,
-                                     self.spec.gradient_checkpointing)
+        with self.loading():
+            model = load_causal_lm(self.spec.model_path)
+        model = prepare_for_training(model, self.spec.lora, self.spec.gradient_checkpointing)
         tok = load_tokenizer(self.spec.tokenizer_path)
         self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
         self.build(model)
@@ -263,7 +270,8 @@ class CriticWorker(TrainedRole):
         tok = load_tokenizer(self.spec.tokenizer_path)
         from rlhf.models.lora import prepare_for_training
 
-        classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
+        with self.loading():
+            classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
         # With LoRA the value head is new or RM-trained: it trains whole, beside the adapters (as in the rm stage).
         classifier = prepare_for_training(classifier, self.spec.lora, self.spec.gradient_checkpointing,
                                           modules_to_save=["score"])
@@ -299,10 +307,12 @@ class ReferenceWorker(RoleWorker):
     def setup(self) -> None:
         from rlhf.models.loading import load_for_inference
 
-        zero3 = self.spec.deepspeed.zero_stage == 3
-        model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(),
-                                   "cpu" if zero3 else self.dev)
-        self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False) if zero3 else model
+        if self.spec.deepspeed.zero_stage != 3:
+            self.model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(), self.dev)
+            return
+        with partitioned(zero3_config(self.spec.deepspeed, None)):  # each rank builds only its shard
+            model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(), "keep")
+        self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
