@@ -20,6 +20,7 @@ from rlhf.errors import UserError
 from rlhf.manifest import StageRun
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
+from rlhf.models.reward import check_reward_model
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.ppo.config import (AlgorithmSection, CriticSection, LoopSection, PPOResourcesSection, PromptsSection,
                              RewardSection, RolloutSection, default_critic_optim)
@@ -85,7 +86,7 @@ def run(cfg: Config, out: str | Path) -> dict:
     check_batch_arithmetic(cfg)
     actor_path = resolve_model_path(cfg.actor.path, cfg.actor.tokenizer)
     tokenizer_path = cfg.actor.tokenizer or actor_path
-    reward_model = resolve_model_path(cfg.reward.model) if cfg.reward.model else None
+    reward_model = check_reward_model(resolve_model_path(cfg.reward.model)) if cfg.reward.model else None
     critic_path = resolve_model_path(cfg.critic.path) if cfg.critic.path else (reward_model or actor_path)
     inputs = {"actor": actor_path, "critic": critic_path, "reward_model": reward_model, "prompts": cfg.prompts.path}
     with StageRun("ppo", out, cfg, inputs=inputs) as stage:
