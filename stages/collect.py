@@ -181,6 +181,10 @@ def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.paths import resolve_path
 
     out = Path(out)
+    if cfg.mode == "preferences" and cfg.preferences.judge.kind == "rm":  # before the policy's actors start
+        from rlhf.models.reward import check_reward_model
+
+        check_reward_model(cfg.preferences.judge.path)
     inputs = {k: str(resolve_path(v)) for k, v in _inputs(cfg).items() if v and resolve_path(v).exists()}
     with StageRun("collect", out, cfg, inputs=inputs) as stage:
         metrics, outputs = RUNNERS[cfg.mode](getattr(cfg, cfg.mode), out)

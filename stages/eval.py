@@ -98,10 +98,14 @@ def load_rows(cfg: Config) -> tuple[list[dict], list[list[dict]], bool]:
 
 def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.eval.evaluate import evaluate
+    from rlhf.models.loading import resolve_model_path
+    from rlhf.models.reward import check_reward_model
 
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.reward_model:  # before any policy loads: a causal-LM dir would score with a random head
+        check_reward_model(resolve_model_path(cfg.reward_model))
     inputs = {"policy": cfg.policy, "baseline": cfg.baseline, "prompts": cfg.prompts.path, "reward_model": cfg.reward_model}
     with StageRun("eval", out, cfg, inputs={k: v for k, v in inputs.items() if v and Path(v).exists()}) as stage:
         rows, messages, use_oracle = load_rows(cfg)

@@ -24,6 +24,7 @@ from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection
+from rlhf.models.reward import check_reward_model
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.ppo.config import (AlgorithmSection, CriticSection, EvalSection, LoopSection, PPOResourcesSection,
                              PromptsSection, RewardSection, RolloutSection, default_critic_optim)
@@ -125,7 +126,7 @@ def run(cfg: Config, out: str | Path) -> dict:
     memory_check("ppo", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     actor_path = resolve_model_path(cfg.actor.path, cfg.actor.tokenizer)
     tokenizer_path = cfg.actor.tokenizer or actor_path
-    reward_model = resolve_model_path(cfg.reward.model) if cfg.reward.model else None
+    reward_model = check_reward_model(resolve_model_path(cfg.reward.model)) if cfg.reward.model else None
     critic_path = None
     if uses_critic(cfg):
         critic_path = resolve_model_path(cfg.critic.path) if cfg.critic.path else (reward_model or actor_path)
