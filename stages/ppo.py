@@ -19,6 +19,7 @@ from rlhf.config import Section
 from rlhf.engine.launch import cluster_has_gpus, ensure_ray, root_cause, worker_env
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.tokenizer import load_tokenizer
@@ -107,6 +108,7 @@ def run(cfg: Config, out: str | Path) -> dict:
 
     out = Path(out)
     check_batch_arithmetic(cfg)
+    memory_check("ppo", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     actor_path = resolve_model_path(cfg.actor.path, cfg.actor.tokenizer)
     tokenizer_path = cfg.actor.tokenizer or actor_path
     reward_model = resolve_model_path(cfg.reward.model) if cfg.reward.model else None
@@ -118,10 +120,11 @@ def run(cfg: Config, out: str | Path) -> dict:
     with StageRun("ppo", out, cfg, inputs=inputs) as stage:
         tokenizer = load_tokenizer(tokenizer_path)
         prompts, skipped = load_prompts(cfg.prompts, tokenizer)
+        dropped = {"over_max_prompt_length": skipped} if skipped else {}
         eval_prompts = (load_prompts(cfg.prompts, tokenizer, cfg.eval.prompts, cfg.eval.limit)[0]
                         if cfg.eval.every else [])
-        print(f"[rlhf] ppo ({cfg.algorithm.estimator}): {len(prompts)} prompts ({skipped} over max_prompt_length "
-              f"skipped), {cfg.loop.iterations} iterations x {cfg.rollout.prompts_per_iteration} prompts x "
+        print(f"[rlhf] ppo ({cfg.algorithm.estimator}): {len(prompts)} prompts (dropped: {dropped or 'none'}), "
+              f"{cfg.loop.iterations} iterations x {cfg.rollout.prompts_per_iteration} prompts x "
               f"{cfg.rollout.samples_per_prompt} samples -> {out}", flush=True)
         try:
             with launch_roles(cfg, actor_path, critic_path, tokenizer_path, reward_model) as roles:
@@ -141,7 +144,8 @@ def run(cfg: Config, out: str | Path) -> dict:
             outputs["critic"] = out / "critic"
         if best.iteration is not None:
             outputs["actor_best"] = out / BEST_DIR
-        manifest = stage.complete(metrics, outputs=outputs)
+        manifest = stage.complete(metrics, outputs=outputs,
+                                  extra={"data": {"prompts": len(prompts), "dropped": dropped}})
     print(f"[rlhf] ppo done: actor -> {out / 'actor'}", flush=True)
     return manifest
 

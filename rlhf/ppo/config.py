@@ -145,6 +145,7 @@ class PPOResourcesSection(Section):
     use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per bundle; auto = if the cluster has GPUs")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs / actor workers)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
+    memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
 
     @model_validator(mode="after")
     def _colocated_counts_match(self):

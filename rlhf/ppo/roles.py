@@ -82,6 +82,14 @@ class RoleWorker:
     def setup(self) -> None:
         raise NotImplementedError
 
+    def frozen_dtype(self) -> torch.dtype:
+        """A frozen role's weights: the stage's precision on GPU (bf16 under 'auto'), as ``rlhf plan`` counts them;
+        fp32 on CPU."""
+        from rlhf.engine.deepspeed_config import resolve_precision
+        from rlhf.models.loading import torch_dtype
+
+        return torch_dtype(resolve_precision(self.spec.deepspeed, self.dev.type == "cuda"))
+
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
 
@@ -222,7 +230,7 @@ class ReferenceWorker(RoleWorker):
     def setup(self) -> None:
         from rlhf.models.loading import load_causal_lm
 
-        model = load_causal_lm(self.spec.model_path).eval().requires_grad_(False)
+        model = load_causal_lm(self.spec.model_path, self.frozen_dtype()).eval().requires_grad_(False)
         if self.spec.deepspeed.zero_stage == 3:
             self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
         else:
@@ -244,7 +252,8 @@ class RewardWorker(RoleWorker):
         from rlhf.reward.functions import load_reward_function
 
         self.tokenizer = load_tokenizer(self.spec.tokenizer_path)
-        self.sources = build_sources(self.spec.reward, self.dev, self.spec.rollout.forward_batch_size)
+        self.sources = build_sources(self.spec.reward, self.dev, self.spec.rollout.forward_batch_size,
+                                     self.frozen_dtype())
         self.eval_function = (load_reward_function(self.spec.eval_function, "eval.function")
                               if self.spec.eval_function else None)
 
