@@ -251,3 +251,17 @@ def test_liger_kernels_keep_less():
     per_seq_liger = 2048 * (shape.num_hidden_layers * (12 * h + 4 * kv + 6 * i) + 8 * h)
     mb = hf.deepspeed.micro_batch_size
     assert (a, b) == (mb * per_seq_hf, mb * per_seq_liger)
+
+
+def test_critic_free_ppo_plan_places_no_critic():
+    from rlhf.config import load_config
+    from rlhf.plan.estimate import estimate_stage
+    from stages import ppo
+
+    gae = estimate_stage("ppo", load_config(ppo.Config, "configs/ppo/tiny.yaml", []), suggest=False)
+    grpo = estimate_stage("ppo", load_config(ppo.Config, "configs/ppo/tiny.yaml",
+                                             ["algorithm.estimator=grpo", "rollout.samples_per_prompt=4"]),
+                          suggest=False)
+    assert [r.role for r in gae.roles] == ["actor", "critic", "ref", "reward"] and gae.gpus_needed == 4
+    assert [r.role for r in grpo.roles] == ["actor", "ref", "reward"] and grpo.gpus_needed == 3
+    assert all("critic" not in g.roles for g in grpo.groups)

@@ -179,7 +179,9 @@ def frozen_role(role: str, model: str, shape: ModelShape, params: int, ds, hw: H
 
 
 def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
-    """Actor (trains, generates), critic (trains), reference and reward (frozen), on the placement of ppo.placement."""
+    """Actor (trains, generates), critic (trains; none with a critic-free estimator), reference and reward (frozen),
+    on the placement of ppo.placement."""
+    from rlhf.ppo.estimators import ESTIMATORS
     from rlhf.ppo.placement import plan as placement
 
     res, ds, ro, algo = cfg.resources, cfg.deepspeed, cfg.rollout, cfg.algorithm
@@ -194,7 +196,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     actor = trained_role("actor", cfg.actor.path, actor_shape, a_params, a_train, ds, hw, res.actor_workers,
                          algo.mini_batch_size // res.actor_workers, seq, cfg.actor.gradient_checkpointing, new + 1)
     score = mem.inference_activation_bytes(actor_shape, fwd, seq, new + 1)
-    gen_batch = ro.prompts_per_iteration // res.actor_workers
+    gen_batch = ro.prompts_per_iteration * ro.samples_per_prompt // res.actor_workers
     kv, gen_work = mem.generation_bytes(actor_shape, gen_batch, prompt, new)
     gathered = 2 * a_params if ds.zero_stage == 3 else 0
     actor.gathered_weights, actor.kv_cache = gathered, kv
@@ -222,8 +224,12 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
                              ds.model_copy(update={"zero_stage": 0}), hw, res.reward_workers, fwd, seq, 0)
     else:
         reward = RoleMemory("reward", cfg.reward.url or cfg.reward.function or "", 0, 0, res.reward_workers)
+    with_critic = ESTIMATORS[algo.estimator].needs_critic
     roles = {"actor": actor, "critic": critic, "ref": ref, "reward": reward}
-    bundles, slots = placement(res, True)
+    if not with_critic:
+        del roles["critic"]
+        notes[0] = f"actor {actor_shape.name}: {a_params:,} params; no critic ({algo.estimator})"
+    bundles, slots = placement(res, True, with_critic)
     by_bundle: dict[int, list[str]] = {}
     for role, role_slots in slots.items():
         for s in role_slots:
