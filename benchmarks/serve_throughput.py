@@ -7,7 +7,7 @@ p50/p99 latency per level and the speedup of batched-at-64 over the unbatched ba
 Targets (issue 7): >= 8x at 64 concurrent clients, p99 <= 3x p50.
 
 Run inside the loopback-only namespace:
-    unshare -n bash -c 'ip link set lo up; HF_HUB_OFFLINE=1 python benchmarks/serve_throughput.py'
+    bash benchmarks/run.sh serve_throughput
 """
 
 from __future__ import annotations

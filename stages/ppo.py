@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import Field
 
 from rlhf.config import Section
+from rlhf.engine.collectives import resolve_backend
 from rlhf.engine.launch import cluster_has_gpus, ensure_ray, root_cause, worker_env
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
@@ -27,6 +28,7 @@ from rlhf.ppo.config import (AlgorithmSection, CriticSection, EvalSection, LoopS
                              PromptsSection, RewardSection, RolloutSection, default_critic_optim)
 from rlhf.ppo.estimators import ESTIMATORS
 from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
@@ -45,6 +47,7 @@ class Config(Section):
     critic_optim: OptimSection = Field(default_factory=default_critic_optim, description="critic optimizer")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO and precision (trained roles)")
     resources: PPOResourcesSection = Field(default_factory=PPOResourcesSection, description="workers and placement")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def uses_critic(cfg: Config) -> bool:
@@ -69,9 +72,14 @@ def check_batch_arithmetic(cfg: Config) -> None:
         workers = getattr(res, key)
         if n % workers:
             raise UserError(f"{rows} must be a multiple of resources.{key}={workers}")
+    micro = cfg.algorithm.micro_batch_size
     for key in trained:
         if mb % getattr(res, key):
             raise UserError(f"algorithm.mini_batch_size={mb} must be a multiple of resources.{key}={getattr(res, key)}")
+        share = mb // getattr(res, key)
+        if micro and micro < share and share % micro:
+            raise UserError(f"algorithm.mini_batch_size={mb} over resources.{key}={getattr(res, key)} gives {share} "
+                            f"rows per worker, not a multiple of algorithm.micro_batch_size={micro}")
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:
@@ -186,7 +194,8 @@ class launch_roles:
         rows = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
         steps = cfg.loop.iterations * cfg.algorithm.ppo_epochs * (rows // cfg.algorithm.mini_batch_size)
         common = dict(tokenizer_path=tokenizer_path, deepspeed=cfg.deepspeed, algo=cfg.algorithm,
-                      rollout=cfg.rollout, threads=threads, seed=cfg.loop.seed, total_steps=steps, env=worker_env())
+                      rollout=cfg.rollout, threads=threads, seed=cfg.loop.seed, total_steps=steps, env=worker_env(),
+                      backend=resolve_backend(res.backend, use_gpu, res.gpus_per_bundle))
         specs = {
             "actor": RoleSpec(model_path=actor_path, optim=cfg.actor_optim, gradient_checkpointing=cfg.actor.gradient_checkpointing,
                               mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.actor_workers, **common),

@@ -30,7 +30,10 @@ from rlhf.models.kernels import apply_kernels
 from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
-from rlhf.sections import DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.sections import (
+    DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection, read_source,
+)
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
@@ -43,6 +46,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Ray workers")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def right_pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -100,7 +104,7 @@ def encode_rows(cfg: Config, tokenizer) -> tuple[list[dict], list[dict], dict[st
     """Rows -> (train, eval) examples with loss masks, and drop counts by reason (train and eval together).
     Every row is validated here, on the driver."""
     d = cfg.data
-    rows = read_rows(d.path, d.split)[: d.limit]
+    rows = read_source(d)[: d.limit]
     if d.eval_path:
         train_rows, eval_rows = rows, read_rows(d.eval_path)
     else:

@@ -1,4 +1,4 @@
-"""cluster/slurm/ray-cluster.sbatch: shellcheck-clean, and on a 2-node allocation it starts the Ray head on the
+"""The shell scripts on the README's paths are shellcheck-clean; cluster/slurm/ray-cluster.sbatch, and on a 2-node allocation it starts the Ray head on the
 first node and a worker on the second, both with token auth, then runs the command attached to that cluster.
 
 No Slurm here: `scontrol` and `srun` are stand-ins on PATH that answer as Slurm would for nodes node-a and node-b and
@@ -26,8 +26,13 @@ def shellcheck() -> str:
     return found
 
 
-def test_sbatch_script_passes_shellcheck():
-    proc = subprocess.run([shellcheck(), "-x", str(SCRIPT)], capture_output=True, text=True)
+# The setup and launch scripts the README and cluster/README name.
+SCRIPTS = [SCRIPT, *sorted((REPO_ROOT / "cluster").glob("*.sh")), REPO_ROOT / "benchmarks" / "run.sh",
+           REPO_ROOT / "tests" / "run.sh", REPO_ROOT / ".ci" / "run"]
+
+
+def test_scripts_pass_shellcheck():
+    proc = subprocess.run([shellcheck(), *map(str, SCRIPTS)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -54,6 +54,8 @@ class JudgeSection(ApiSection):
     callable: str | None = Field(None, description="programmatic: 'module:function' returning a pair or None per prompt")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="programmatic: extra keyword arguments")
     path: str | None = Field(None, description="rm: the reward-model dir; labels: the labeled comparisons file")
+    config: str | None = Field(None, description="labels: config (subset) of a hub dataset or dataset folder")
+    split: str | None = Field(None, description="labels: split of a hub dataset or dataset folder (default train)")
     noise: float | None = Field(
         None, ge=0, le=1,
         description="programmatic/rm: label-noise rate; a callable taking `noise` gets it, else pairs are swapped "

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from rlhf.engine import checkpoint as ckpt
+from rlhf.engine import collectives
+from rlhf.engine.collectives import all_reduce_sums
 from rlhf.engine.build import build_engine, device, init_distributed
 from rlhf.metrics import MetricsLogger
 from rlhf.sections import DeepSpeedSection, OptimSection, TrainSection
@@ -95,24 +96,13 @@ def batch_indices(n: int, seed: int, position: int, size: int) -> list[int]:
     return out
 
 
-def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:
-    """Sum a dict of floats over ranks (same keys on every rank)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
 def to_device(batch: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def evaluate(task, engine, examples: list[dict], micro: int, dev: torch.device) -> dict[str, float]:
     """Each rank scores its shard; sums are reduced; every rank gets the same metrics."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank, world = collectives.rank(), collectives.world_size()
     shard = examples[rank::world]
     engine.eval()
     sums: dict[str, float] = {}
@@ -134,7 +124,7 @@ def evaluate(task, engine, examples: list[dict], micro: int, dev: torch.device) 
 def train_loop(spec: LoopSpec) -> dict:
     """Run on every worker: setup -> (resume) -> train -> eval -> save. Rank 0 returns and writes the result."""
     init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = collectives.rank(), collectives.world_size()
     out, task, ds, tr = Path(spec.out), spec.task, spec.deepspeed, spec.train
     dev = device()
     seed_everything(tr.seed)
@@ -196,7 +186,7 @@ def train_loop(spec: LoopSpec) -> dict:
             if rank == 0:
                 task.save(engine, sd, ckpt_root / f"step_{done}" / "hf")
             ckpt.prune_checkpoints(ckpt_root, tr.keep_checkpoints)
-            ckpt.barrier()
+            collectives.barrier()
             t_window = time.perf_counter()
 
     final_eval = evaluate(task, engine, eval_ex, micro, dev) if eval_ex else {}
@@ -212,5 +202,5 @@ def train_loop(spec: LoopSpec) -> dict:
             logger.close()
         result = {"steps": steps, "first_loss": first_loss, "eval": final_eval, "world_size": world}
         (out / RESULT).write_text(json.dumps(result, indent=2))
-    ckpt.barrier()
+    collectives.barrier()
     return result

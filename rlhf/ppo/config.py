@@ -10,12 +10,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
-from rlhf.sections import OptimSection
+from rlhf.sections import OptimSection, SourceSection
 
 
-class PromptsSection(Section):
+class PromptsSection(SourceSection):
     path: str = Field(..., description="prompt records: alpaca (output optional), sharegpt, messages or prompt rows")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="record format; auto detects by keys"
     )
@@ -84,6 +83,11 @@ class AlgorithmSection(Section):
     )
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step, over all workers of a role")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="sequences per forward/backward on one worker; a worker's share of a minibatch is "
+                                "accumulated over mini_batch_size / (workers * micro_batch_size) of them (default: "
+                                "the whole share at once)"
+    )
     clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")
     dual_clip: float | None = Field(None, gt=1, description="dual-clip bound c > 1 for negative advantages (off if unset)")
     value_clip: float | None = Field(0.2, gt=0, description="value clip around old values (off if unset)")
@@ -142,7 +146,13 @@ class PPOResourcesSection(Section):
     colocate_actor_ref: bool = Field(False, description="actor and reference worker i share one bundle (needs equal counts)")
     colocate_critic_reward: bool = Field(False, description="critic and reward worker i share one bundle (needs equal counts)")
     cpus_per_bundle: float = Field(1.0, gt=0, description="CPUs per placement-group bundle; colocated roles split it")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per bundle; auto = if the cluster has GPUs")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="GPUs for the bundles; auto = if the cluster has GPUs")
+    gpus_per_bundle: float = Field(1.0, gt=0, le=1, description="GPU share per bundle with use_gpu; 0.5 puts 2 bundles "
+                                                                "(2 ranks of a role) on a GPU")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="role groups' collectives on GPU: auto = nccl with whole GPUs per bundle, gloo with shared "
+                            "ones (NCCL refuses two ranks of a group on one GPU); always gloo on CPU"
+    )
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs / actor workers)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
     memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")

@@ -14,6 +14,7 @@ complete one, so a crash or a run of skipped updates never leaves a half-written
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class Controller:
                 row = self.iteration(it)
                 if "skipped" not in row and self.evaluator.due(it + 1, loop.iterations):
                     row.update(self.evaluator.run(it + 1))
+                row.update(self.memory_peaks())
                 self.logger.log(it + 1, row)
                 if "skipped" in row:
                     self.on_skip(it, row["skip_reason"])
@@ -117,9 +119,10 @@ class Controller:
         scores, parts = merge_scores(scores_out)
         values = torch.cat(values_out[0]) if values_out else None
         t2 = time.perf_counter()
+        moments = copy.deepcopy(self.moments)  # the running score moments take this batch only if the update is kept
         try:
             exp, stats = compute_advantages(rollout, old_logp, torch.cat(ref_out), values, scores, self.kl_ctl.value,
-                                            cfg.algorithm, cfg.reward, self.moments, group_ids)
+                                            cfg.algorithm, cfg.reward, moments, group_ids)
         except NonFinite as err:
             return {"skipped": 1, "skip_reason": str(err)}
         if len(parts) > 1:
@@ -129,7 +132,10 @@ class Controller:
         results = {name: gather(refs)[0] for name, refs in trained}
         t3 = time.perf_counter()
         if any(r.pop("nonfinite_loss") for r in results.values()):
+            # A role whose own loss went non-finite has restored itself; the others undo their whole update too.
+            gather([ref for _, group in roles.trained() for ref in group.submit("rollback")])
             return {"skipped": 1, "skip_reason": "non-finite loss"}
+        self.moments = moments
         self.kl_ctl.update(stats["kl"], n * k)
         return {
             **stats,
@@ -141,6 +147,23 @@ class Controller:
             "time_training_s": t3 - t2,
             "time_iteration_s": t3 - t0,
         }
+
+    def memory_peaks(self) -> dict[str, float]:
+        """On GPUs, each role's largest per-worker peak so far (``gpu_mem_peak_gib_<role>``, what `rlhf plan` predicts
+        per GPU); nothing on CPU, where the first call finds no CUDA worker and the rest cost nothing."""
+        if getattr(self, "_on_cuda", True) is False:
+            return {}
+        names = [(n, g) for n, g in (("actor", self.roles.actor), ("critic", self.roles.critic),
+                                     ("ref", self.roles.ref), ("reward", self.roles.reward)) if g is not None]
+        peaks = gather([ref for _, g in names for ref in g.submit("peak_memory_gib")])
+        self._on_cuda = any(p is not None for p in peaks)
+        out, i = {}, 0
+        for name, g in names:
+            values = [p for p in peaks[i:i + len(g.workers)] if p is not None]
+            i += len(g.workers)
+            if values:
+                out[f"gpu_mem_peak_gib_{name}"] = max(values)
+        return out
 
     def seed(self, it: int) -> int:
         return self.cfg.loop.seed * 1_000_003 + it * 1009

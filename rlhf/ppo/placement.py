@@ -44,7 +44,7 @@ def plan(res: PPOResourcesSection, use_gpu: bool,
         hosts.append(("reward",))
     bundle: dict[str, float] = {"CPU": res.cpus_per_bundle}
     if use_gpu:
-        bundle["GPU"] = 1.0
+        bundle["GPU"] = res.gpus_per_bundle
     bundles: list[dict[str, float]] = []
     slots: dict[str, list[Slot]] = {}
     for roles in hosts:
@@ -53,7 +53,7 @@ def plan(res: PPOResourcesSection, use_gpu: bool,
         bundles.extend(dict(bundle) for _ in range(n))
         share = 1.0 / len(roles)
         for role in roles:
-            slots[role] = [Slot(first + i, res.cpus_per_bundle * share, (1.0 if use_gpu else 0.0) * share)
+            slots[role] = [Slot(first + i, res.cpus_per_bundle * share, (res.gpus_per_bundle if use_gpu else 0.0) * share)
                            for i in range(n)]
     return bundles, slots
 

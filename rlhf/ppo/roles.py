@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from rlhf.engine import checkpoint as ckpt
+from rlhf.engine import collectives, snapshot
 from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.engine.deepspeed_config import resolve_precision
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
@@ -46,6 +48,7 @@ class RoleSpec:
     eval_function: str | None = None  # eval.function, scored beside the reward on held-out prompts
     eval_kwargs: dict = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    backend: str = "gloo"  # torch backend of the role's process group (rlhf.engine.collectives.resolve_backend)
 
 
 def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -74,7 +77,7 @@ class RoleWorker:
         # Ray pins each worker's GPU via CUDA_VISIBLE_DEVICES, so the local device is always index 0.
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        init_distributed()
+        init_distributed(self.spec.backend)
         torch.manual_seed(self.spec.seed + self.rank)
         self.dev = device()
         self.setup()
@@ -82,38 +85,51 @@ class RoleWorker:
     def setup(self) -> None:
         raise NotImplementedError
 
-    def frozen_dtype(self) -> torch.dtype:
-        """A frozen role's weights: the stage's precision on GPU (bf16 under 'auto'), as ``rlhf plan`` counts them;
-        fp32 on CPU."""
-        from rlhf.engine.deepspeed_config import resolve_precision
-        from rlhf.models.loading import torch_dtype
-
-        return torch_dtype(resolve_precision(self.spec.deepspeed, self.dev.type == "cuda"))
+    def inference_precision(self) -> str:
+        """Frozen roles load in the trained roles' precision (deepspeed.precision; auto = bf16 on GPU, fp32 on CPU),
+        as ``rlhf plan`` counts them."""
+        precision = resolve_precision(self.spec.deepspeed, torch.cuda.is_available())
+        return "fp32" if precision == "amp_bf16" else precision
 
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
+
+    def peak_memory_gib(self) -> float | None:
+        """This process's peak CUDA allocation so far (GiB), None off the GPU."""
+        return torch.cuda.max_memory_allocated(self.dev) / 2**30 if self.dev.type == "cuda" else None
 
 
 class TrainedRole(RoleWorker):
     """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
 
     def build(self, model: torch.nn.Module) -> None:
-        # One minibatch per optimizer step (see rlhf.ppo.minibatch): DeepSpeed's batch = this worker's minibatch.
-        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": self.spec.mini_batch_per_worker,
-                                                    "gradient_accumulation_steps": 1})
+        # One minibatch per optimizer step (see rlhf.ppo.minibatch), accumulated over micro-batches.
+        mini, micro = self.spec.mini_batch_per_worker, self.micro_batch()
+        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": micro,
+                                                    "gradient_accumulation_steps": mini // micro})
         self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
+
+    def micro_batch(self) -> int:
+        """Rows per forward/backward on this worker: algorithm.micro_batch_size, default the whole minibatch share."""
+        return min(self.spec.algo.micro_batch_size or self.spec.mini_batch_per_worker, self.spec.mini_batch_per_worker)
 
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def train(self, experience: Experience, iteration: int, kl_coef: float = 0.0) -> dict[str, float]:
         """PPO epochs over this worker's rows; stats averaged over steps and ranks. ``kl_coef``: this iteration's
-        KL coefficient (used by the actor when the KL is a loss term)."""
+        KL coefficient (used by the actor when the KL is a loss term). The state before the update is kept until the
+        next one, so the controller can undo it (``rollback``) when another role's update failed."""
         self.engine.train()
         self.kl_coef = kl_coef
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
+        self.before_update = snapshot.take(self.engine)
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
-                          seed, self.loss, self.dev)
+                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update)
+
+    def rollback(self) -> None:
+        """Undo the last ``train`` (every rank restores its own shard; no collective)."""
+        snapshot.restore(self.engine, self.before_update)
 
     def save_state(self, root: str, iteration: int, client_state: dict) -> None:
         ckpt.save_training_state(self.engine, Path(root), iteration, client_state)
@@ -135,7 +151,7 @@ class TrainedRole(RoleWorker):
 
             module, state_dict = self.hf_module(state_dict)
             ckpt.save_hf_dir(module, state_dict, load_tokenizer(self.spec.tokenizer_path), out_dir)
-        ckpt.barrier()
+        collectives.barrier()
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
         return self.engine.module, state_dict
@@ -228,13 +244,12 @@ class ReferenceWorker(RoleWorker):
     """The frozen SFT policy; its log-probs anchor the KL penalty. ZeRO-3 sharded for inference if asked."""
 
     def setup(self) -> None:
-        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.loading import load_for_inference
 
-        model = load_causal_lm(self.spec.model_path, self.frozen_dtype()).eval().requires_grad_(False)
-        if self.spec.deepspeed.zero_stage == 3:
-            self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
-        else:
-            self.model = model.to(self.dev)
+        zero3 = self.spec.deepspeed.zero_stage == 3
+        model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(),
+                                   "cpu" if zero3 else self.dev)
+        self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False) if zero3 else model
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
@@ -253,7 +268,7 @@ class RewardWorker(RoleWorker):
 
         self.tokenizer = load_tokenizer(self.spec.tokenizer_path)
         self.sources = build_sources(self.spec.reward, self.dev, self.spec.rollout.forward_batch_size,
-                                     self.frozen_dtype())
+                                     self.inference_precision())
         self.eval_function = (load_reward_function(self.spec.eval_function, "eval.function")
                               if self.spec.eval_function else None)
 
