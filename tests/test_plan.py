@@ -296,3 +296,17 @@ def test_dpo_plan_counts_a_live_reference():
     ref = live.roles[1]
     assert ref.role == "reference" and ref.weights == 2 * 8_030_261_248 // 8 + 4 * 128256 * 4096
     assert live.gpu_peak > pre.gpu_peak
+
+
+def test_critic_free_ppo_plan_places_no_critic():
+    from rlhf.config import load_config
+    from rlhf.plan.estimate import estimate_stage
+    from stages import ppo
+
+    gae = estimate_stage("ppo", load_config(ppo.Config, "configs/ppo/tiny.yaml", []), suggest=False)
+    grpo = estimate_stage("ppo", load_config(ppo.Config, "configs/ppo/tiny.yaml",
+                                             ["algorithm.estimator=grpo", "rollout.samples_per_prompt=4"]),
+                          suggest=False)
+    assert [r.role for r in gae.roles] == ["actor", "critic", "ref", "reward"] and gae.gpus_needed == 4
+    assert [r.role for r in grpo.roles] == ["actor", "ref", "reward"] and grpo.gpus_needed == 3
+    assert all("critic" not in g.roles for g in grpo.groups)

@@ -204,7 +204,9 @@ def frozen_role(role: str, model: str, shape: ModelShape, params: int, ds, hw: H
 
 
 def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
-    """Actor (trains, generates), critic (trains), reference and reward (frozen), on the placement of ppo.placement."""
+    """Actor (trains, generates), critic (trains; none with a critic-free estimator), reference and reward (frozen),
+    on the placement of ppo.placement."""
+    from rlhf.ppo.estimators import ESTIMATORS
     from rlhf.ppo.placement import plan as placement
 
     res, ds, ro, algo = cfg.resources, cfg.deepspeed, cfg.rollout, cfg.algorithm
