@@ -13,6 +13,10 @@ class ModelSection(Section):
     path: str = Field("embedded:tiny-llama", description="HF model id, local HF dir, or embedded:<name> (built offline)")
     tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's own")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    kernels: Literal["hf", "liger"] = Field(
+        "hf", description="hf = transformers' own layers; liger = Liger-Kernel's fused Triton kernels (CUDA only, "
+                          "pip install 'rlhf[gpu]')"
+    )
 
 
 class DeepSpeedSection(Section):
@@ -63,6 +67,7 @@ class ResourcesSection(Section):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
+    memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
 
 
 class DataSection(Section):

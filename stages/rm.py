@@ -28,6 +28,7 @@ from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
@@ -213,6 +214,7 @@ def summarize(out: Path, result: dict, model_dir: Path) -> dict:
 
 def run(cfg: Config, out: str | Path) -> dict:
     out = Path(out)
+    memory_check("rm", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     model_path = initial_model_path(cfg.model.path, cfg.model.tokenizer)
     tokenizer_path = cfg.model.tokenizer or model_path
     with StageRun("rm", out, cfg, inputs={"model": model_path, "data": cfg.data.path}) as stage:

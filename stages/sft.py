@@ -24,7 +24,9 @@ from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
+from rlhf.models.kernels import apply_kernels
 from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
@@ -61,9 +63,11 @@ class SFTTask:
     pad_id: int
     gradient_checkpointing: bool = False
     lora: LoraSection | None = None
+    kernels: str = "hf"
 
     def build_model(self) -> torch.nn.Module:
-        return prepare_for_training(load_causal_lm(self.model_path), self.lora, self.gradient_checkpointing)
+        model = apply_kernels(load_causal_lm(self.model_path), self.kernels)
+        return prepare_for_training(model, self.lora, self.gradient_checkpointing)
 
     def examples(self, split: str) -> list[dict]:
         return load_examples(self.out, split)
@@ -136,6 +140,7 @@ def summarize(out: Path, result_eval: dict) -> dict:
 
 def run(cfg: Config, out: str | Path) -> dict:
     out = Path(out)
+    memory_check("sft", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     model_path = resolve_model_path(cfg.model.path, cfg.model.tokenizer)
     tokenizer_path = cfg.model.tokenizer or model_path
     with StageRun("sft", out, cfg, inputs={"model": model_path, "data": cfg.data.path}) as stage:
@@ -144,7 +149,7 @@ def run(cfg: Config, out: str | Path) -> dict:
         save_examples(out, "train", train)
         save_examples(out, "eval", evals)
         task = SFTTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id,
-                       cfg.model.gradient_checkpointing, cfg.lora)
+                       cfg.model.gradient_checkpointing, cfg.lora, cfg.model.kernels)
         unit = "blocks" if cfg.data.packing else "examples"
         result = run_supervised("sft", task, cfg, out, len(train), len(evals), unit, f" (dropped: {dropped or 'none'})")
         metrics = summarize(out, result.get("eval", {}))

@@ -28,11 +28,12 @@ class Row:
     where: str
 
 
-def read_rows(source: str, split: str | None = None) -> list[Row]:
+def read_rows(source: str, split: str | None = None, config: str | None = None) -> list[Row]:
     """All records of ``source``: a local .json/.jsonl/.json.gz/.jsonl.gz/.parquet file, else a hub dataset name
     (or a local folder) loaded with ``datasets.load_dataset``.
 
     ``split`` only applies to hub datasets and folders (default ``"train"``); a local file is one split.
+    ``config`` names a hub dataset's configuration (``load_dataset(name, config)``).
     Raises UserError (one line, naming the file and line) on a missing file, bad JSON,
     a record that is not an object, or a source with no records.
     """
@@ -40,11 +41,11 @@ def read_rows(source: str, split: str | None = None) -> list[Row]:
     if path.is_file():
         rows = _read_local(path, source)
     elif path.is_dir():  # a folder of data files or a saved dataset: `datasets` knows those layouts
-        rows = _read_hub(str(path), split or "train")
+        rows = _read_hub(str(path), split or "train", config)
     elif _looks_like_local_path(source, path):
         raise UserError(f"{source}: no such file")
     else:
-        rows = _read_hub(source, split or "train")
+        rows = _read_hub(source, split or "train", config)
     if not rows:
         raise UserError(f"{source}: no records")
     return rows
@@ -129,11 +130,11 @@ def _read_parquet(path: Path, name: str) -> list[Row]:
     return [_as_row(record, f"{name}[{i}]") for i, record in enumerate(records)]
 
 
-def _read_hub(name: str, split: str) -> list[Row]:
+def _read_hub(name: str, split: str, config: str | None = None) -> list[Row]:
     import datasets  # heavy; only needed for hub sources
 
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        dataset = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, unknown name, bad split: all are the user's to fix
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{name}: not a local file and could not load it as a hub dataset (split {split!r}): "

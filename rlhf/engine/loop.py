@@ -51,6 +51,8 @@ class TrainTask(Protocol):
         """Rank 0: write an HF dir that plain transformers loads."""
 
     # Optional: train_metrics(sums) -> dict, extra per-step metrics from the summed loss() stats.
+    # Optional: before_train(engine, device, micro_batch_size) -> None, called on every rank after the engine is
+    # built and before a checkpoint is loaded, so the engine still holds the initial weights (DPO's reference pass).
     # Optional: before_save(evaluate) -> None, called on every rank before the final save; evaluate(examples) runs
     # eval_sums/eval_metrics over any examples (e.g. the RM's reward mean/std over the training data).
 
@@ -143,6 +145,8 @@ def train_loop(spec: LoopSpec) -> dict:
     steps = total_steps(len(train_ex), per_step, tr)
 
     engine = build_engine(task.build_model(), ds, spec.optim, steps)
+    if hasattr(task, "before_train"):  # e.g. DPO's reference log-probs from the initial weights; all ranks run it
+        task.before_train(engine, dev, micro)
     ckpt_root = out / "checkpoints"
     client = ckpt.load_training_state(engine, ckpt_root)
     start = int(client["step"]) if client else 0
@@ -174,6 +178,8 @@ def train_loop(spec: LoopSpec) -> dict:
             row = {"loss": loss_mean, "lr": engine.get_lr()[0], "epoch": done * per_step / len(train_ex)}
             if "tokens" in sums:
                 row["tokens_per_s"] = sums.pop("tokens") / elapsed
+            if dev.type == "cuda":  # this rank's peak so far: what `rlhf plan` predicts per GPU
+                row["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
             if hasattr(task, "train_metrics"):
                 row.update(task.train_metrics(sums))
             if logger:

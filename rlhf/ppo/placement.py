@@ -24,8 +24,10 @@ class Slot:
     gpus: float
 
 
-def plan(res: PPOResourcesSection, use_gpu: bool) -> tuple[list[dict[str, float]], dict[str, list[Slot]]]:
+def plan(res: PPOResourcesSection, use_gpu: bool,
+         with_critic: bool = True) -> tuple[list[dict[str, float]], dict[str, list[Slot]]]:
     """(bundles, slots per role). Each host set gets ``workers`` bundles; its roles split each bundle evenly.
+    ``with_critic`` False (a critic-free estimator): no critic slots or bundles; the reward workers get whole bundles.
 
     E.g. actor 2 workers colocated with ref, critic and reward 1 each, not colocated, 1 CPU per bundle:
     bundles [1, 1, 1, 1]; actor -> bundles 0, 1 at 0.5 CPU; ref -> 0, 1 at 0.5; critic -> 2 at 1; reward -> 3 at 1.
@@ -36,8 +38,9 @@ def plan(res: PPOResourcesSection, use_gpu: bool) -> tuple[list[dict[str, float]
     hosts.append(("actor", "ref") if res.colocate_actor_ref else ("actor",))
     if not res.colocate_actor_ref:
         hosts.append(("ref",))
-    hosts.append(("critic", "reward") if res.colocate_critic_reward else ("critic",))
-    if not res.colocate_critic_reward:
+    if with_critic:
+        hosts.append(("critic", "reward") if res.colocate_critic_reward else ("critic",))
+    if not (with_critic and res.colocate_critic_reward):
         hosts.append(("reward",))
     bundle: dict[str, float] = {"CPU": res.cpus_per_bundle}
     if use_gpu:

@@ -20,7 +20,9 @@ from rlhf.engine.build import build_engine, device, init_distributed
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
-from rlhf.ppo.losses import entropy_bonus, entropy_from_logits, policy_loss, value_loss
+from rlhf.ppo.estimators import ESTIMATORS
+from rlhf.ppo.kl import kl_penalty
+from rlhf.ppo.losses import aggregate, entropy_bonus, entropy_from_logits, policy_loss, value_loss
 from rlhf.ppo.minibatch import run_update
 from rlhf.sections import DeepSpeedSection, OptimSection
 
@@ -41,6 +43,8 @@ class RoleSpec:
     mini_batch_per_worker: int = 1
     gradient_checkpointing: bool = False
     reward: RewardSection | None = None
+    eval_function: str | None = None  # eval.function, scored beside the reward on held-out prompts
+    eval_kwargs: dict = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -78,8 +82,20 @@ class RoleWorker:
     def setup(self) -> None:
         raise NotImplementedError
 
+    def frozen_dtype(self) -> torch.dtype:
+        """A frozen role's weights: the stage's precision on GPU (bf16 under 'auto'), as ``rlhf plan`` counts them;
+        fp32 on CPU."""
+        from rlhf.engine.deepspeed_config import resolve_precision
+        from rlhf.models.loading import torch_dtype
+
+        return torch_dtype(resolve_precision(self.spec.deepspeed, self.dev.type == "cuda"))
+
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
+
+    def peak_memory_gib(self) -> float | None:
+        """This process's peak CUDA allocation so far (GiB), None off the GPU."""
+        return torch.cuda.max_memory_allocated(self.dev) / 2**30 if self.dev.type == "cuda" else None
 
 
 class TrainedRole(RoleWorker):
@@ -94,9 +110,11 @@ class TrainedRole(RoleWorker):
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def train(self, experience: Experience, iteration: int) -> dict[str, float]:
-        """PPO epochs over this worker's rows; stats averaged over steps and ranks."""
+    def train(self, experience: Experience, iteration: int, kl_coef: float = 0.0) -> dict[str, float]:
+        """PPO epochs over this worker's rows; stats averaged over steps and ranks. ``kl_coef``: this iteration's
+        KL coefficient (used by the actor when the KL is a loss term)."""
         self.engine.train()
+        self.kl_coef = kl_coef
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
                           seed, self.loss, self.dev)
@@ -157,10 +175,18 @@ class ActorWorker(TrainedRole):
 
     def loss(self, engine, batch: Experience):
         algo, mask = self.spec.algo, batch.rollout.response_mask
+        agg, horizon = ESTIMATORS[algo.estimator].loss_agg, self.spec.rollout.max_new_tokens
         logits = response_logits(engine, batch.rollout)
         logp = response_logprobs(logits, batch.rollout, self.spec.rollout.temperature)
-        loss, stats = policy_loss(logp, batch.old_logp, batch.advantages, mask, algo.clip_eps, algo.dual_clip)
+        loss, stats = policy_loss(logp, batch.old_logp, batch.advantages, mask, algo.clip_eps, algo.dual_clip,
+                                  agg, horizon)
         stats["policy_loss"] = loss.detach()
+        if algo.kl_in == "loss":
+            # GRPO (Shao et al. 2024, eq. 3): + beta * D_KL(pi || pi_ref) in the objective, estimated per token on
+            # the current policy's log-probs (k3 in the paper), so its gradient pulls the policy back.
+            kl = aggregate(kl_penalty(logp, batch.ref_logp, algo.kl_estimator), mask, agg, horizon)
+            loss = loss + self.kl_coef * kl
+            stats["kl_loss"] = kl.detach()
         if algo.entropy_coef > 0:
             bonus, entropy = entropy_bonus(entropy_from_logits(logits / self.spec.rollout.temperature), mask,
                                            algo.entropy_coef)
@@ -208,7 +234,7 @@ class ReferenceWorker(RoleWorker):
     def setup(self) -> None:
         from rlhf.models.loading import load_causal_lm
 
-        model = load_causal_lm(self.spec.model_path).eval().requires_grad_(False)
+        model = load_causal_lm(self.spec.model_path, self.frozen_dtype()).eval().requires_grad_(False)
         if self.spec.deepspeed.zero_stage == 3:
             self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
         else:
@@ -222,26 +248,18 @@ class ReferenceWorker(RoleWorker):
 
 
 class RewardWorker(RoleWorker):
-    """Scores responses: a reward-model dir, a remote service, or a Python function (exactly one)."""
+    """Scores responses: a weighted sum of a reward model, a remote service and a Python function (any of them)."""
 
     def setup(self) -> None:
         from rlhf.models.tokenizer import load_tokenizer
+        from rlhf.reward.combined import build_sources
+        from rlhf.reward.functions import load_reward_function
 
-        reward = self.spec.reward
         self.tokenizer = load_tokenizer(self.spec.tokenizer_path)
-        self.scorer = self.remote = self.function = None
-        if reward.model:
-            from rlhf.models.reward import RewardScorer
-
-            self.scorer = RewardScorer(reward.model, device=self.dev)
-        elif reward.url:
-            from rlhf.ppo.remote_reward import RemoteReward
-
-            self.remote = RemoteReward(reward.url, reward.protocol, reward.timeout_s, reward.retries)
-        else:
-            from rlhf.ppo.reward_functions import load_reward_function
-
-            self.function = load_reward_function(reward.function)
+        self.sources = build_sources(self.spec.reward, self.dev, self.spec.rollout.forward_batch_size,
+                                     self.frozen_dtype())
+        self.eval_function = (load_reward_function(self.spec.eval_function, "eval.function")
+                              if self.spec.eval_function else None)
 
     def response_texts(self, rollout: Rollout) -> list[str]:
         """Each response's tokens up to its end, EOS dropped, decoded."""
@@ -253,18 +271,16 @@ class RewardWorker(RoleWorker):
             out.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return out
 
-    def score(self, rollout: Rollout, prompt_messages: list[list[dict]], prompt_texts: list[str]) -> torch.Tensor:
-        """[B] scores. An RM re-encodes each (prompt, response) with its own template and tokenizer and reads the
-        last token (normalized by the RM's training statistics when its config has them)."""
+    def score(self, rollout: Rollout, prompt_messages: list[list[dict]], prompt_texts: list[str],
+              records: list[dict], with_eval: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """([B] combined scores, {source name: [B] its own scores}); with ``with_eval`` also "eval_function"."""
+        from rlhf.reward.combined import combine
+        from rlhf.reward.functions import call_reward_function
+
         responses = self.response_texts(rollout)
-        if self.scorer is not None:
-            normalize = self.scorer.mean is not None and bool(self.scorer.std)
-            scores = self.scorer.score_pairs(prompt_messages, responses, normalize=normalize,
-                                             batch_size=self.spec.rollout.forward_batch_size)
-        elif self.remote is not None:
-            scores = self.remote.score(prompt_texts, responses)
-        else:
-            scores = self.function(prompt_texts, responses, **self.spec.reward.kwargs)
-            if len(scores) != len(responses):
-                raise ValueError(f"reward.function returned {len(scores)} scores for {len(responses)} responses")
-        return torch.tensor([float(s) for s in scores], dtype=torch.float32)
+        parts = {name: source(prompt_messages, prompt_texts, responses, records) for name, source in self.sources}
+        total = combine(parts, self.spec.reward.weights)
+        if with_eval and self.eval_function is not None:
+            parts["eval_function"] = torch.tensor(call_reward_function(
+                self.eval_function, prompt_texts, responses, records, self.spec.eval_kwargs), dtype=torch.float32)
+        return total, parts
