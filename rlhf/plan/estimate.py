@@ -227,8 +227,6 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     actor.gathered_weights, actor.kv_cache = gathered, kv
     actor.activations = max(actor.activations, score)
     actor.transients.update(score=score, generate=gathered + kv + gen_work)
-    from rlhf.ppo.estimators import ESTIMATORS
-
     with_critic = ESTIMATORS[algo.estimator].needs_critic
     c_params = critic_shape.value_model_params()
     c_train = lora_trainable(critic_shape, lora, critic_shape.hidden_size) if lora is not None else c_params
