@@ -3,7 +3,7 @@
   matmul     bf16 8192^3 matrix products: median of 10 after warm-up -> the MFU denominator (TFLOP/s)
   sft        SFT of a ~1.1B LLaMA (TinyLlama shape, vocab 32000, random weights) through stages.sft.run:
              1 Ray Train worker on the GPU, ZeRO-2, bf16, seq 2048 -> tokens/s and MFU
-  generate   PPO-style sampling (rlhf.models.generation.sample, KV cache, bf16) on the same model -> tokens/s
+  generate   PPO-style sampling (rlhf.sampling.sample, KV cache, bf16) on the same model -> tokens/s
   overrides  the `rlhf run` overrides that put a pipeline's stages on the GPUs this machine has
   manifests  every DIR/*/manifest.json must say "complete"
   serve      the reward-model service (Ray Serve) with its replica on the GPU, scoring pairs over 127.0.0.1
@@ -195,7 +195,7 @@ def cmd_generate(args) -> None:
     from rlhf.data.formats import to_prompt_messages
     from rlhf.data.io import read_rows
     from rlhf.data.templates import encode_prompt
-    from rlhf.models.generation import SamplingParams, sample
+    from rlhf.sampling import SamplingParams, sample
 
     if args.dry_run:
         from rlhf.models.loading import resolve_model_path

@@ -123,6 +123,7 @@ class Controller:
             "entropy": masked_mean(entropy, rollout.response_mask).item(),
             **{k: v for k, v in actor_stats.items() if k != "loss"},
             **{k: v for k, v in critic_stats.items() if k != "loss"},
+            "prompts_truncated": sum(t.get("prompts_truncated", 0.0) for _, t in outs),
             "time_generation_s": t1 - t0 - sync_s,
             "time_weight_sync_s": sync_s,
             "time_scoring_s": t2 - t1,
