@@ -221,7 +221,7 @@ def cmd_generate(args) -> None:
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0
 
-    timed(8)  # warm-up: kernels, allocator, KV-cache shapes
+    timed(new_tokens)  # warm-up at the timed shapes: kernels, allocator, KV cache, the static engine's compile
     responses, seconds = timed(new_tokens)
     tokens = sum(len(r) for r in responses)
     save_part(args.parts, "generate", {"prompts": len(prompts), "max_new_tokens": new_tokens, "tokens": tokens,

@@ -19,8 +19,6 @@ step), which is not a recompile.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from rlhf.sampling.config import SamplingParams
@@ -182,12 +180,13 @@ class StaticEngine:
         return tokens[:, :steps], logprobs[:, :steps]
 
 
-_ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
 def engine_for(model: torch.nn.Module, name: str, compile: bool = True, backend: str = "inductor"):
-    """The engine for ``model``, kept as long as the model lives so its compiled step and caches are reused."""
-    engines = _ENGINES.setdefault(model, {})
+    """The engine for ``model``, kept as long as the model lives so its compiled step and caches are reused.
+
+    Stored in the module's ``__dict__`` (not as a submodule: invisible to ``state_dict`` and ``parameters``), so the
+    engine, which refers back to the model, is freed with it.
+    """
+    engines = model.__dict__.setdefault("_rlhf_sampling_engines", {})
     key = (name, compile, backend)
     if key not in engines:
         engines[key] = StaticEngine(model, compile, backend) if name == "static" else EagerEngine(model)
