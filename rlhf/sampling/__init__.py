@@ -8,7 +8,7 @@ each response cut after its first EOS with its per-token log-probs.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -28,13 +28,6 @@ class Completions:
     truncated: int = 0  # prompts cut to fit the model's context (tail kept)
     batches: int = 0
     seconds: float = 0.0
-    stats: dict = field(default_factory=dict)
-
-    def counters(self) -> dict:
-        """What a manifest records about this call."""
-        return {"engine": self.engine, "prompts": len(self.tokens), "prompts_truncated": self.truncated,
-                "batches": self.batches, "new_tokens": sum(len(t) for t in self.tokens),
-                "generation_s": round(self.seconds, 3)}
 
 
 def resolve_engine(section: GenerationSection, device: torch.device) -> str:
