@@ -93,19 +93,21 @@ RLHF=("$PY" -c 'import sys; from rlhf.cli import main; sys.exit(main())')
 bench matmul; step matmul 40 "${BENCH[@]}"
 SAMPLING=("$PY" benchmarks/sampling.py --engine eager,static --out "$PARTS/sampling.json")
 if [ $DRY -eq 1 ]; then SAMPLING+=(--model embedded:tiny-llama --batch 4 --new-tokens 8 --dtype fp32 --no-compile --repeats 1);
-else SAMPLING+=(--model "$WORK/work/llama-1b-v32000" --batch 64 --new-tokens 256 --dtype bf16); fi
-bench model; step model 40 "${BENCH[@]}"   # the 1.1B random-weight dir the next steps share (seconds on the GPU)
-step sampling 130 "${SAMPLING[@]}"
-bench sft --kernels liger; step sft 110 "${BENCH[@]}"
+else SAMPLING+=(--model "$WORK/work/llama-1b-v32000" --batch 64 --new-tokens 256 --dtype bf16 --repeats 2); fi
+bench model; step model 60 "${BENCH[@]}"   # the 1.1B random-weight dir the next steps share (seconds on the GPU)
+step sampling 170 "${SAMPLING[@]}"
+bench sft --kernels liger --micro 16; step sft 110 "${BENCH[@]}"   # no full logits: twice hf's micro batch
 if [ $DRY -eq 1 ] || [[ " ${FAILED[*]:-} " == *" sft "* ]]; then
   bench sft --kernels hf; STEPS="$STEPS sft_hf"; step sft_hf 110 "${BENCH[@]}"
 fi
-bench ppo; step ppo 130 "${BENCH[@]}"
-bench multirank; step multirank 120 "${BENCH[@]}"
+bench ppo; step ppo 170 "${BENCH[@]}"
 SERVE=("$PY" benchmarks/serve_throughput.py --levels 64 --json "$PARTS/serve.json")
 if [ $DRY -eq 1 ]; then SERVE+=(--help);  # the service itself is tested by tests/test_serve_*.py
+elif [ -f "$WORK/work/rm-llama-1b/config.json" ]; then  # the PPO step's 1.1B reward model
+  SERVE+=(--model-dir "$WORK/work/rm-llama-1b" --device cuda --requests 1280 --baseline-requests 160 --cpus-per-replica 4)
 else SERVE+=(--size llama-1b --device cuda --requests 1280 --baseline-requests 160 --cpus-per-replica 4); fi
-step serve 90 "${SERVE[@]}"
+step serve 100 "${SERVE[@]}"
+bench multirank; step multirank 130 "${BENCH[@]}"
 bench overrides "$PIPELINE" --gpus "$GPUS"; step pipeline_overrides 30 "${BENCH[@]}"
 if [ -f "$PARTS/overrides.txt" ] && [ $DRY -eq 0 ] && wanted pipeline; then
   mapfile -t OVERRIDES < "$PARTS/overrides.txt"
@@ -117,5 +119,10 @@ fi
 if [ $DRY -eq 1 ]; then REPORT="$WORK/gpu_check.json"; else REPORT="$ROOT/benchmarks/results/gpu_check.json"; fi
 "$PY" benchmarks/gpu_bench.py report --parts "$PARTS" --out "$REPORT" --failed "${FAILED[@]}" || FAILED+=("report")
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then cp "$REPORT" "$OUT/" 2>/dev/null || true; fi
+# The pipeline's report (markdown + JSON of its eval figures) comes back too.
+if [ -n "${OUT:-}" ] && [ -f "$WORK/pipeline/report.json" ]; then
+  cp "$WORK/pipeline/report.md" "$OUT/pipeline_report.md" 2>/dev/null || true
+  cp "$WORK/pipeline/report.json" "$OUT/pipeline_report.json" 2>/dev/null || true
+fi
 log "done in $(( $(date +%s) - START ))s; failed: ${FAILED[*]:-none}"
 [ ${#FAILED[@]} -eq 0 ]

@@ -22,8 +22,10 @@ PPO_PROMPTS, PPO_NEW_TOKENS, PPO_ITERATIONS = 64, 256, 3  # the first iteration 
 
 
 def ppo_overrides(actor: str, reward: str, gpu: bool, iterations: int, prompts: int, new_tokens: int,
-                  actor_workers: int = 1, gpus_per_bundle: float = 0.25, backend: str = "auto") -> list[str]:
-    """configs/ppo/tiny.yaml put on the GPU: bf16, ZeRO-2, one bundle per role, ``gpus_per_bundle`` of the GPU each."""
+                  actor_workers: int = 1, gpus_per_bundle: float = 1.0, backend: str = "auto",
+                  colocate_all: bool = True) -> list[str]:
+    """configs/ppo/tiny.yaml put on the GPU: bf16, ZeRO-2; ``colocate_all``: the four roles share each bundle (a
+    quarter of it each), else one bundle per role worker, ``gpus_per_bundle`` of a GPU each."""
     mini = max(actor_workers, min(prompts, 32))
     return [
         f"actor.path={actor}", "reward.function=null", f"reward.model={reward}", f"critic.path={reward}",
@@ -35,6 +37,7 @@ def ppo_overrides(actor: str, reward: str, gpu: bool, iterations: int, prompts: 
         "deepspeed.zero_stage=2", f"deepspeed.precision={'bf16' if gpu else 'fp32'}",
         f"resources.actor_workers={actor_workers}", f"resources.use_gpu={str(gpu).lower()}",
         f"resources.gpus_per_bundle={gpus_per_bundle}", f"resources.backend={backend}",
+        f"resources.colocate_all={str(colocate_all).lower()}",
         "resources.cpus_per_bundle=2", "resources.threads_per_worker=2",
     ]
 
@@ -86,7 +89,7 @@ def cmd_ppo(args) -> None:
         actor = str(gpu_bench.build_model_dir(args.work, gpu_bench.VOCAB, gpu_bench.MODEL_SIZE))
         reward = str(args.work / "rm-llama-1b")
         if not (Path(reward) / "config.json").is_file():
-            write_random_reward_model(reward, size=gpu_bench.MODEL_SIZE)
+            write_random_reward_model(reward, size=gpu_bench.MODEL_SIZE, device="cuda")
         prompts, new_tokens = PPO_PROMPTS, PPO_NEW_TOKENS
     cfg = ppo_config(ppo_overrides(actor, reward, gpu, PPO_ITERATIONS, prompts, new_tokens))
     plan = gpu_bench.planned_memory("ppo", cfg, gib)
@@ -167,9 +170,9 @@ def cmd_multirank(args) -> None:
                 f"resources.backend={backend}", "resources.cpus_per_worker=1"]
     sft_cfg = load_config(sft.Config, None, sft_over)
     reward = str(write_random_reward_model(args.work / "rm-tiny"))
-    # Every role's bundle shares the one GPU; the actor role has two ranks (its own process group).
+    # Five bundles (actor x2, critic, ref, reward) share the one GPU; the actor role has two ranks (its own group).
     ppo_cfg = ppo_config(ppo_overrides("embedded:tiny-llama", reward, gpu, 2, 8, 8, actor_workers=2,
-                                       gpus_per_bundle=0.2, backend=backend))
+                                       gpus_per_bundle=0.2, backend=backend, colocate_all=False))
     part = {"backend": backend, "probe": tried, "sft_workers": sft_cfg.resources.num_workers,
             "ppo_actor_workers": ppo_cfg.resources.actor_workers}
     if args.dry_run:

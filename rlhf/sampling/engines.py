@@ -102,6 +102,15 @@ class EagerEngine:
         return new, torch.stack(chooser.logprobs, dim=1)
 
 
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The forward keyword that takes a KV cache: ``cache`` in transformers >= 5.2x, ``past_key_values`` before (the
+    GPU image has 5.17). An unknown keyword would be swallowed by ``**kwargs`` and decode without context, so ask."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _pow2(n: int, floor: int = 1) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
@@ -111,6 +120,7 @@ class StaticEngine:
 
     def __init__(self, model: torch.nn.Module, compile: bool = True, backend: str = "inductor") -> None:
         self.model = model
+        self.cache_kwarg = cache_kwarg(model)
         self.caches: dict[tuple[int, int], object] = {}
         self.step = self._decode
         if compile:
@@ -129,7 +139,8 @@ class StaticEngine:
 
     def _decode(self, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """token [B, 1], position [B, 1], mask [B, L] -> next-token logits [B, V] (fp32); writes one cache slot."""
-        out = self.model(input_ids=token, position_ids=position, attention_mask=mask, cache=cache, use_cache=True)
+        out = self.model(input_ids=token, position_ids=position, attention_mask=mask, use_cache=True,
+                         **{self.cache_kwarg: cache})
         return out.logits[:, -1, :].float()
 
     def _cache(self, rows: int, length: int):
@@ -157,8 +168,8 @@ class StaticEngine:
         full_mask = torch.zeros((rows, width + new_tokens), dtype=mask.dtype, device=mask.device)
         full_mask[:, :width] = mask
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                         use_cache=True, logits_to_keep=1, **{self.cache_kwarg: cache})
         logits = out.logits[:, -1, :]
         next_position = mask.sum(dim=1, keepdim=True)  # [B, 1]
         tokens = torch.full((rows, new_tokens), pad_id, dtype=torch.long, device=ids.device)
