@@ -58,9 +58,13 @@ def experience(rows: int = 8) -> Experience:
     return Experience(rollout, old_logp, torch.zeros(shape), adv, adv.clone())
 
 
-def loss_fn(engine, batch: Experience):
+def loss_fn(engine, batch: Experience, agg: str = "token_mean"):
     logp = response_logprobs(response_logits(engine, batch.rollout), batch.rollout, 1.0)
-    return policy_loss(logp, batch.old_logp, batch.advantages, batch.rollout.response_mask, 0.2, None)
+    return policy_loss(logp, batch.old_logp, batch.advantages, batch.rollout.response_mask, 0.2, None, agg, 8)
+
+
+def row_mean_loss_fn(engine, batch: Experience):
+    return loss_fn(engine, batch, "seq_sum_norm")  # Dr. GRPO's per-row aggregation
 
 
 def engine_for(micro: int, accumulation: int, zero_stage: int = 2):
@@ -113,17 +117,22 @@ def test_micro_weights_are_token_shares() -> None:
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
     assert micro_weights(mask, 2) == pytest.approx([4 * 2 / 9, 5 * 2 / 9])  # tokens 4 and 5 of 9, two parts
     assert micro_weights(torch.zeros(4, 3), 2) == [1.0, 1.0]
+    assert micro_weights(mask, 2, "rows") == [1.0, 1.0]  # a per-row mean (Dr. GRPO's seq_sum_norm)
 
 
 @pytest.mark.slow
-def test_accumulated_update_equals_one_batch_update(process_group) -> None:
-    """Minibatches of 4 rows (2 optimizer steps): 2 micro-batches of 2 accumulated == one forward of 4 (fp32)."""
+@pytest.mark.parametrize("weigh_by", ["tokens", "rows"])
+def test_accumulated_update_equals_one_batch_update(process_group, weigh_by) -> None:
+    """Minibatches of 4 rows (2 optimizer steps): 2 micro-batches of 2 accumulated == one forward of 4 (fp32),
+    for a token-mean loss and a per-row one, on ragged responses."""
     exp = experience()
+    fn = loss_fn if weigh_by == "tokens" else row_mean_loss_fn
     whole = engine_for(micro=4, accumulation=1)
-    stats_whole = run_update(whole, exp, epochs=1, size=4, seed=0, loss_fn=loss_fn, device=torch.device("cpu"))
+    stats_whole = run_update(whole, exp, epochs=1, size=4, seed=0, loss_fn=fn, device=torch.device("cpu"),
+                             weigh_by=weigh_by)
     accumulated = engine_for(micro=2, accumulation=2)
-    stats_acc = run_update(accumulated, exp, epochs=1, size=4, seed=0, loss_fn=loss_fn, device=torch.device("cpu"),
-                           micro=2)
+    stats_acc = run_update(accumulated, exp, epochs=1, size=4, seed=0, loss_fn=fn, device=torch.device("cpu"),
+                           micro=2, weigh_by=weigh_by)
     assert whole.global_steps == accumulated.global_steps == 2
     assert_close(weights(whole), weights(accumulated), atol=2e-6)
     assert stats_acc["loss"] == pytest.approx(stats_whole["loss"], abs=1e-5)

@@ -57,7 +57,11 @@ def _write(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 @dataclass
 class Snapshot:
-    tensors: list[tuple[torch.Tensor, torch.Tensor]]  # (live tensor, CPU copy)
+    # CPU copies of the trainable module parameters (this rank's storage) and of the master parameters, in the
+    # order of ``trainable(engine)`` and ``master_params(engine)``; None where a tensor shares another's storage.
+    # The live tensors are looked up again at restore: DeepSpeed's offload_states/reload_states swap storages.
+    module: list[torch.Tensor | None]
+    master: list[torch.Tensor | None]
     optim_state: dict[int, dict[str, Any]]  # base optimizer param index -> its state (CPU copies)
     group_settings: list[dict[str, Any]]  # each param group's hyperparameters (lr as the scheduler last set it)
     scheduler: dict | None
@@ -66,29 +70,33 @@ class Snapshot:
     loss_scaler: dict | None
 
 
+def trainable(engine) -> list[torch.Tensor]:
+    """This rank's storage of each trainable module parameter."""
+    return [local_param_data(p) for p in engine.module.parameters() if p.requires_grad]
+
+
 def take(engine) -> Snapshot:
     seen: set[int] = set()
-    tensors = []
 
-    def keep(t: torch.Tensor) -> None:
-        if t.data_ptr() not in seen and t.numel():
-            seen.add(t.data_ptr())
-            tensors.append((t, _cpu_copy(t)))
+    def copy_once(t: torch.Tensor) -> torch.Tensor | None:
+        if t.data_ptr() in seen or not t.numel():
+            return None  # e.g. fp32 training without ZeRO: the optimizer's parameters are the module's
+        seen.add(t.data_ptr())
+        return _cpu_copy(t)
 
-    for p in engine.module.parameters():
-        if p.requires_grad:
-            keep(local_param_data(p))
+    module = [copy_once(t) for t in trainable(engine)]
     opt = base_optimizer(engine)
     optim_state: dict[int, dict[str, Any]] = {}
     group_settings = [copy.deepcopy({k: v for k, v in g.items() if k != "params"}) for g in opt.param_groups] if opt else []
+    master = [copy_once(p.data) for p in master_params(engine)] if opt is not None else []
     if opt is not None:
         for i, p in enumerate(master_params(engine)):
-            keep(p.data)
             if p in opt.state:
                 optim_state[i] = {k: _cpu_copy(v) for k, v in opt.state[p].items()}
     scaler = getattr(engine.optimizer, "loss_scaler", None)
     return Snapshot(
-        tensors=tensors,
+        module=module,
+        master=master,
         optim_state=optim_state,
         group_settings=group_settings,
         scheduler=copy.deepcopy(engine.lr_scheduler.state_dict()) if engine.lr_scheduler is not None else None,
@@ -100,8 +108,12 @@ def take(engine) -> Snapshot:
 
 def restore(engine, snap: Snapshot) -> None:
     """Put ``engine`` back to the moment of ``take``; gradients accumulated since are dropped."""
-    for live, saved in snap.tensors:
-        _write(live, saved)
+    for live, saved in zip(trainable(engine), snap.module):
+        if saved is not None:
+            _write(live, saved)
+    for p, saved in zip(master_params(engine), snap.master):
+        if saved is not None:
+            _write(p.data, saved)
     opt = base_optimizer(engine)
     if opt is not None:
         for group, settings in zip(opt.param_groups, snap.group_settings):

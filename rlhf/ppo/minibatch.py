@@ -4,8 +4,9 @@ Schulman et al. 2017 (Algorithm 1): "optimize surrogate L wrt theta, with K epoc
 Each epoch is a fresh permutation of the rows cut into minibatches, as in TRL's PPOTrainer and OpenRLHF.
 One minibatch is one optimizer step; a worker's share of it runs as ``micro``-row micro-batches with gradient
 accumulation (DeepSpeed's gradient_accumulation_steps = rows per worker / micro; engine.step() steps at the
-boundary). Each micro-batch's loss is weighted by its share of the minibatch's response tokens, so the
-accumulated gradient is the one of the whole minibatch's token-mean loss.
+boundary). Each micro-batch's loss is weighted by its share of the minibatch (of its response tokens for a
+token-mean loss, of its rows for a per-row mean such as Dr. GRPO's seq_sum_norm), so the accumulated gradient is
+the one of the whole minibatch's loss.
 
 Non-finite guard: before each backward, all ranks agree the loss is finite (``collectives.all_finite``). When it
 is not, the update stops and the engine is put back to how it was before the update (``rlhf.engine.snapshot``):
@@ -22,7 +23,7 @@ from rlhf.engine import snapshot
 from rlhf.engine.collectives import all_finite, all_reduce_sums
 from rlhf.ppo.experience import Experience, map_tensors, select_rows
 
-# loss_fn(engine, batch) -> (loss, stats): loss a mean over the batch's response tokens, stats token means too.
+# loss_fn(engine, batch) -> (loss, stats): loss a mean over the batch's response tokens (or rows: weigh_by="rows").
 LossFn = Callable[[object, Experience], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -38,14 +39,17 @@ def minibatch_order(n: int, size: int, epochs: int, seed: int) -> list[torch.Ten
     return order
 
 
-def micro_weights(mask: torch.Tensor, micro: int) -> list[float]:
-    """Each micro-batch's share of the minibatch's response tokens, times the number of micro-batches.
+def micro_weights(mask: torch.Tensor, micro: int, weigh_by: str = "tokens") -> list[float]:
+    """Each micro-batch's share of the minibatch's response tokens (or rows), times the number of micro-batches.
 
     mask: [M, R] response mask of one worker's minibatch, cut into M / micro consecutive micro-batches. DeepSpeed
     divides each micro-batch's loss by the accumulation steps; with these weights the accumulated gradient is that
-    of the token mean over the whole minibatch. A minibatch without response tokens weights its micro-batches 1.
+    of the token mean (weigh_by="tokens") or row mean ("rows": every weight 1) over the whole minibatch. A
+    minibatch without response tokens weights its micro-batches 1.
     """
     parts = mask.shape[0] // micro
+    if weigh_by == "rows":
+        return [1.0] * parts
     tokens = mask.reshape(parts, micro, -1).float().sum(dim=(1, 2))
     total = float(tokens.sum())
     if total == 0:
@@ -54,12 +58,13 @@ def micro_weights(mask: torch.Tensor, micro: int) -> list[float]:
 
 
 def run_update(engine, experience: Experience, epochs: int, size: int, seed: int, loss_fn: LossFn,
-               device: torch.device, micro: int | None = None, snap: snapshot.Snapshot | None = None
-               ) -> dict[str, float]:
+               device: torch.device, micro: int | None = None, snap: snapshot.Snapshot | None = None,
+               weigh_by: str = "tokens") -> dict[str, float]:
     """Minibatch epochs of ``loss_fn`` on this worker's rows; returns stats averaged over steps and ranks.
 
     ``size``: rows per minibatch on this worker; ``micro``: rows per forward/backward (default ``size``; must
-    divide it and match the engine's gradient_accumulation_steps = size / micro). ``snap``: the engine's state
+    divide it and match the engine's gradient_accumulation_steps = size / micro); ``weigh_by``: how ``loss_fn``
+    averages, "tokens" or "rows" (see ``micro_weights``). ``snap``: the engine's state
     before this update (taken here when not given). On a non-finite loss the engine is restored to ``snap`` and
     stats carry ``nonfinite_loss`` = 1.
     """
@@ -71,7 +76,7 @@ def run_update(engine, experience: Experience, epochs: int, size: int, seed: int
     steps, nonfinite = 0, 0.0
     for idx in minibatch_order(len(experience), size, epochs, seed):
         batch = map_tensors(select_rows(experience, idx), lambda t: t.to(device, non_blocking=True))
-        weights = micro_weights(batch.rollout.response_mask, micro)
+        weights = micro_weights(batch.rollout.response_mask, micro, weigh_by)
         step_sums: dict[str, float] = {}
         for m, weight in enumerate(weights):
             loss, stats = loss_fn(engine, select_rows(batch, slice(m * micro, (m + 1) * micro)))

@@ -148,6 +148,10 @@ class TrainedRole(RoleWorker):
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def loss_weighting(self) -> str:
+        """How ``loss`` averages a batch, for micro-batch weights: "tokens" (token mean) or "rows"."""
+        return "tokens"
+
     def train(self, experience: Experience, iteration: int, kl_coef: float = 0.0) -> dict[str, float]:
         """PPO epochs over this worker's rows; stats averaged over steps and ranks. ``kl_coef``: this iteration's
         KL coefficient (used by the actor when the KL is a loss term). The state before the update is kept until the
@@ -157,7 +161,8 @@ class TrainedRole(RoleWorker):
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
         self.before_update = snapshot.take(self.engine)
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
-                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update)
+                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update,
+                          weigh_by=self.loss_weighting())
 
     def rollback(self) -> None:
         """Undo the last ``train`` (every rank restores its own shard; no collective)."""
@@ -218,6 +223,10 @@ class ActorWorker(TrainedRole):
                                      self.spec.rollout.forward_batch_size, with_entropy=True)
         self.engine.train()
         return cpu(logp), cpu(ent)
+
+    def loss_weighting(self) -> str:
+        # The policy term's aggregation decides (the entropy bonus, a token mean, is a small extra term).
+        return "tokens" if ESTIMATORS[self.spec.algo.estimator].loss_agg == "token_mean" else "rows"
 
     @torch.no_grad()
     def ref_logprobs(self, rollout: Rollout) -> torch.Tensor:
