@@ -221,6 +221,20 @@ class ReferenceWorker(RoleWorker):
         return cpu(logp)
 
 
+def sequence_texts(rollout: Rollout, tokenizer) -> tuple[list[str], list[str]]:
+    """(queries, prompts) for OpenRLHF's /get_reward: each whole sequence as the policy saw it (the templated prompt,
+    bos included, then the response with its eos when it stopped) and the templated prompt alone, both decoded with
+    special tokens kept, as OpenRLHF's own rollout builds its query."""
+    width, queries, prompts = rollout.prompt_width, [], []
+    for ids, mask, response_mask in zip(rollout.input_ids.tolist(), rollout.attention_mask.tolist(),
+                                        rollout.response_mask.tolist()):
+        prompt = [t for t, m in zip(ids[:width], mask[:width]) if m]  # left padding dropped
+        response = ids[width:width + int(sum(response_mask))]
+        prompts.append(tokenizer.decode(prompt, skip_special_tokens=False))
+        queries.append(tokenizer.decode(prompt + response, skip_special_tokens=False))
+    return queries, prompts
+
+
 class RewardWorker(RoleWorker):
     """Scores responses: a reward-model dir, a remote service, or a Python function (exactly one)."""
 
@@ -261,6 +275,8 @@ class RewardWorker(RoleWorker):
             normalize = self.scorer.mean is not None and bool(self.scorer.std)
             scores = self.scorer.score_pairs(prompt_messages, responses, normalize=normalize,
                                              batch_size=self.spec.rollout.forward_batch_size)
+        elif self.remote is not None and self.remote.protocol == "get_reward":
+            scores = self.remote.get_reward(*sequence_texts(rollout, self.tokenizer))
         elif self.remote is not None:
             scores = self.remote.score(prompt_texts, responses)
         else:
