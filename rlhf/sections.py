@@ -13,6 +13,10 @@ class ModelSection(Section):
     path: str = Field("embedded:tiny-llama", description="HF model id, local HF dir, or embedded:<name> (built offline)")
     tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's own")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    kernels: Literal["hf", "liger"] = Field(
+        "hf", description="hf = transformers' own layers; liger = Liger-Kernel's fused Triton kernels (CUDA only, "
+                          "pip install 'rlhf[gpu]')"
+    )
 
 
 class DeepSpeedSection(Section):
@@ -59,10 +63,16 @@ class TrainSection(Section):
 
 class ResourcesSection(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per worker; auto = if the cluster has GPUs")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="GPUs for the workers; auto = if the cluster has GPUs")
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share per worker with use_gpu; 0.5 puts 2 ranks on a GPU")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="collectives on GPU: auto = nccl with whole GPUs, gloo with shared ones (NCCL refuses "
+                            "two ranks on one GPU); always gloo on CPU"
+    )
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
+    memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
 
 
 class SourceSection(Section):

@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 
 from rlhf.config import Section
+from rlhf.models.loading import INFERENCE_PRECISION_HELP, InferencePrecision
 from rlhf.data.formats import to_prompt_messages
 from rlhf.data.io import write_jsonl
 from rlhf.sections import Source, read_source
@@ -35,6 +36,7 @@ from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.eval.judge import LLMJudgeSection
 from rlhf.manifest import StageRun, write_json_atomic
+from rlhf.sampling.config import GenerationSection
 
 EVAL_FILE = "eval.json"
 
@@ -79,6 +81,9 @@ class Config(Section):
     kl: KLSection = Field(default_factory=KLSection, description="KL(policy || baseline) estimate")
     judge: LLMJudgeSection | None = Field(None, description="optional pairwise LLM judge (OpenAI-compatible API)")
     batch_size: int = Field(64, ge=1, description="sequences per generate/forward call")
+    precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's own)")
 
 

@@ -27,6 +27,7 @@ from rlhf.data.templates import encode_prompt_response
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
@@ -37,6 +38,7 @@ from rlhf.paths import resolve_path
 from rlhf.sections import (
     DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, SourceSection, TrainSection, read_source,
 )
+from rlhf.trackers import LoggingSection
 
 
 class PreferenceDataSection(SourceSection):
@@ -69,6 +71,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Ray workers")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def right_pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,6 +213,7 @@ def summarize(out: Path, result: dict, model_dir: Path) -> dict:
 
 def run(cfg: Config, out: str | Path) -> dict:
     out = Path(out)
+    memory_check("rm", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     model_path = initial_model_path(cfg.model.path, cfg.model.tokenizer)
     tokenizer_path = cfg.model.tokenizer or model_path
     with StageRun("rm", out, cfg, inputs={"model": model_path, "data": cfg.data.path}) as stage:

@@ -166,13 +166,15 @@ class RewardScorer:
     bos first, eos last, at most ``max_length`` tokens.
     """
 
-    def __init__(self, model_dir: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str, device: str | torch.device = "auto", precision: str = "auto"):
+        from rlhf.models.loading import inference_device, load_for_inference
         from rlhf.models.tokenizer import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_reward_model(model_dir, dtype, self.tokenizer.pad_token_id).to(device).eval()
+        self.device = inference_device(device)
+        self.model = load_for_inference(model_dir, "reward", precision, self.device,
+                                        pad_token_id=self.tokenizer.pad_token_id)
         self.values = TokenValues(self.model)
-        self.device = torch.device(device)
         config = self.model.config
         self.template: str = getattr(config, TEMPLATE_KEY, None) or "alpaca"
         self.max_length: int = int(getattr(config, MAX_LENGTH_KEY, None) or 512)
