@@ -77,7 +77,9 @@ def quiet_console(out: Path, verbose: bool = False) -> Iterator[Path | None]:
     if verbose:
         yield None
         return
-    out.mkdir(parents=True, exist_ok=True)
+    from rlhf.manifest import make_out_dir
+
+    make_out_dir(out)  # an unwritable --out is a one-line error before the console is redirected
     path = out / LOG_NAME
     sys.stdout.flush()
     sys.stderr.flush()

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,26 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rlhf.errors import UserError
+
 MANIFEST = "manifest.json"
+
+
+def make_out_dir(out: str | Path) -> Path:
+    """Create an output dir (``--out`` of a stage or a pipeline) and check a file can be written in it.
+
+    The one place output dirs are made: a path under a regular file, on a read-only filesystem or without write
+    permission is a one-line UserError naming it, not a traceback from the first file a stage writes.
+    """
+    path = Path(out).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".rlhf-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write an output directory there ({err.strerror or err})") from None
+    return path
 
 
 def now_iso() -> str:
@@ -111,7 +131,7 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         from rlhf.trackers import Trackers
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_out_dir(self.out)
         self.manifest = self._base("running")
         write_json_atomic(self.out / MANIFEST, self.manifest)
         self.trackers = Trackers(self.stage, self.out, self.manifest["config"], getattr(self.config, "logging", None))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,25 @@ def test_a_causal_lm_is_refused_as_a_reward_model(capsys, tmp_path, causal_lm_di
     err = capsys.readouterr().err.strip()
     check_one_line(code, err, "not a reward model", "LlamaForCausalLM")
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("command", [["stage", "sft", "--config", "configs/sft/tiny.yaml"], ["run", "smoke"]],
+                         ids=["stage", "run"])
+@pytest.mark.parametrize("where", ["under_a_file", "read_only_dir"])
+def test_unwritable_out_is_one_line(tmp_path, command, where):
+    from rlhf.paths import REPO_ROOT
+
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    elif os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro"
+    else:  # root writes through permission bits; /sys refuses new files even to root
+        out = Path("/sys")
+    argv = [a.replace("configs/", f"{REPO_ROOT}/configs/") for a in command]
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", *argv, "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"rlhf: error: --out {out}: cannot write an output directory there"), lines

@@ -64,10 +64,18 @@ def test_score_protocol(server) -> None:
     assert client.score([], []) == []
 
 
-def test_get_reward_protocol_sends_full_queries(server) -> None:
+def test_get_reward_protocol_sends_whole_sequences(server) -> None:
+    """OpenRLHF's body: ``query`` = each whole sequence as given (the caller decodes what the policy saw, see
+    rlhf.ppo.roles.sequence_texts and its service-side test), ``prompts`` = the templated prompts."""
     client = RemoteReward(f"{server}/get_reward")
-    assert client.score(["ab", "c"], ["cd", "defg"]) == [4.0, 5.0]
-    assert Scorer.seen[-1] == ("/get_reward", {"query": ["abcd", "cdefg"], "prompts": ["ab", "c"]})
+    queries, prompts = ["<s>USER: ab ASSISTANT: cd</s>", "<s>USER: c ASSISTANT: defg"], ["<s>USER: ab ASSISTANT:",
+                                                                                          "<s>USER: c ASSISTANT:"]
+    assert client.get_reward(queries, prompts) == [float(len(q)) for q in queries]
+    assert Scorer.seen[-1] == ("/get_reward", {"query": queries, "prompts": prompts})
+    with pytest.raises(ValueError, match="send \\(prompt, response\\) pairs with score"):
+        RemoteReward(f"{server}/score").get_reward(queries, prompts)
+    with pytest.raises(ValueError, match="send whole sequences with get_reward"):
+        client.score(["ab"], ["cd"])
 
 
 def test_retries_then_succeeds_and_gives_up(server) -> None:

@@ -9,6 +9,7 @@ import json
 
 import httpx
 import pytest
+import torch
 
 from rlhf.errors import UserError
 from rlhf.paths import CONFIGS_DIR
@@ -261,3 +262,32 @@ def test_cli_refuses_bad_input_before_starting_anything(tmp_path, monkeypatch, c
     assert "no config.json" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--token-env", "RM_TOKEN_UNSET"]) == 2
     assert "RM_TOKEN_UNSET" in capsys.readouterr().err
+
+
+def test_get_reward_of_policy_sequences_scores_as_the_rm_was_trained(backend, scorer):
+    """The /get_reward contract: PPO sends each sequence as the policy saw it (templated prompt + response, special
+    tokens kept, decoded), as OpenRLHF does; the service scores it exactly as the RM scores (prompt, response)."""
+    from rlhf.data.templates import encode_prompt, encode_prompt_response
+    from rlhf.ppo.experience import Rollout
+    from rlhf.ppo.roles import sequence_texts
+
+    tok = scorer.tokenizer
+    prompts = [encode_prompt(messages(p), scorer.template, tok) for p, _ in PAIRS]
+    # Responses as the policy samples them after its templated prompt (the template's spacing included): the
+    # first three stopped (eos), the last was cut at the token budget (no eos).
+    full = [encode_prompt_response(messages(p), a, scorer.template, tok, 10_000) for p, a in PAIRS]
+    responses = [f[len(p):] if i < 3 else f[len(p):-1] for i, (f, p) in enumerate(zip(full, prompts))]
+    p_width, r_width, pad = max(map(len, prompts)), max(map(len, responses)), tok.pad_token_id
+    rows = [[pad] * (p_width - len(p)) + p + r + [pad] * (r_width - len(r)) for p, r in zip(prompts, responses)]
+    rollout = Rollout(
+        input_ids=torch.tensor(rows),
+        attention_mask=torch.tensor([[0] * (p_width - len(p)) + [1] * (len(p) + len(r)) + [0] * (r_width - len(r))
+                                     for p, r in zip(prompts, responses)]),
+        response_mask=torch.tensor([[1.0] * len(r) + [0.0] * (r_width - len(r)) for r in responses]),
+        ended_with_eos=torch.tensor([True, True, True, False]))
+    queries, query_prompts = sequence_texts(rollout, tok)
+    assert queries[0].startswith(tok.bos_token) and queries[0].endswith(tok.eos_token)
+    assert query_prompts[0] == tok.decode(prompts[0], skip_special_tokens=False)
+    reward = call(backend, "POST", "/get_reward", json={"query": queries, "prompts": query_prompts}).json()
+    expected = scorer.score_pairs([messages(p) for p, _ in PAIRS], [a for _, a in PAIRS])
+    assert reward["rewards"] == pytest.approx(expected, abs=1e-5)

@@ -18,6 +18,7 @@ from rlhf.serve.random_rm import write_random_reward_model
 pytestmark = pytest.mark.slow
 
 PROMPTS_PER_ITERATION, ITERATIONS = 8, 1
+PROTOCOLS = ("score", "get_reward")
 
 
 def items_scored() -> float:
@@ -28,6 +29,7 @@ def items_scored() -> float:
 
 
 def test_ppo_stage_scores_through_the_service(tmp_path):
+    """Both protocols against one service: our /score and OpenRLHF's /get_reward (whole decoded sequences)."""
     import stages.ppo as ppo
 
     rm_dir = write_random_reward_model(tmp_path / "rm", max_length=128)
@@ -36,22 +38,24 @@ def test_ppo_stage_scores_through_the_service(tmp_path):
     url = start_service(serve_cfg)
     try:
         wait_healthy(url, timeout_s=180)
-        cfg = load_config(ppo.Config, CONFIGS_DIR / "ppo" / "tiny.yaml", [
-            f"reward.url={url}/score", "reward.function=null", "reward.kwargs={}",
-            f"rollout.prompts_per_iteration={PROMPTS_PER_ITERATION}", f"loop.iterations={ITERATIONS}",
-            "resources.cpus_per_bundle=0.25",
-        ])
-        manifest = ppo.run(cfg, tmp_path / "ppo")
-        assert manifest["status"] == "complete"
-        rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
-        rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
-        assert len(rewards) == ITERATIONS and all(math.isfinite(r) for r in rewards)
+        for route in PROTOCOLS:
+            cfg = load_config(ppo.Config, CONFIGS_DIR / "ppo" / "tiny.yaml", [
+                f"reward.url={url}/{route}", "reward.function=null", "reward.kwargs={}",
+                f"rollout.prompts_per_iteration={PROMPTS_PER_ITERATION}", f"loop.iterations={ITERATIONS}",
+                "resources.cpus_per_bundle=0.25",
+            ])
+            manifest = ppo.run(cfg, tmp_path / route)
+            assert manifest["status"] == "complete"
+            rows = [json.loads(line) for line in (tmp_path / route / "metrics.jsonl").read_text().splitlines()]
+            rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
+            assert len(rewards) == ITERATIONS and all(math.isfinite(r) for r in rewards), route
+        expected = PROMPTS_PER_ITERATION * ITERATIONS * len(PROTOCOLS)
         deadline, scored = time.monotonic() + 60, 0.0
         while time.monotonic() < deadline:  # Ray exports metrics on an interval
             scored = items_scored()
-            if scored >= PROMPTS_PER_ITERATION * ITERATIONS:
+            if scored >= expected:
                 break
             time.sleep(2)
-        assert scored >= PROMPTS_PER_ITERATION * ITERATIONS
+        assert scored >= expected
     finally:
         stop_service(serve_cfg.app_name)

@@ -175,6 +175,12 @@ def test_ppo_remote_reward_client(service):
     client = RemoteReward(f"{service.url}/score", headers=AUTH)
     expected = service.scorer.score_pairs([messages(p) for p in prompts], responses)
     assert client.score(prompts, responses) == pytest.approx(expected, abs=1e-4)
+    # OpenRLHF's protocol: whole sequences as the policy saw them (templated, special tokens kept), scored the same.
+    from rlhf.data.templates import encode_prompt, encode_prompt_response
+
+    tok, template = service.scorer.tokenizer, service.scorer.template
+    queries = [tok.decode(encode_prompt_response(messages(p), r, template, tok, 10_000), skip_special_tokens=False)
+               for p, r in pairs]
+    templated = [tok.decode(encode_prompt(messages(p), template, tok), skip_special_tokens=False) for p in prompts]
     openrlhf = RemoteReward(f"{service.url}/get_reward", headers=AUTH)
-    assert openrlhf.score(prompts, responses) == pytest.approx(
-        service.scorer.score_texts([p + r for p, r in pairs]), abs=1e-4)
+    assert openrlhf.get_reward(queries, templated) == pytest.approx(expected, abs=1e-4)

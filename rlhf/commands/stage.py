@@ -37,6 +37,7 @@ def stage_help(name: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rlhf.manifest import make_out_dir
     from stages import available, load_stage
 
     if args.help or not args.name:
@@ -50,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
         args.parser.error("--out is required")
     module = load_stage(args.name)
     cfg = load_config(module.Config, args.config, args.overrides)
+    make_out_dir(args.out)  # before the stage loads models or starts workers
     manifest = module.run(cfg, args.out)
     metrics = manifest.get("metrics", {})
     print(textwrap.shorten(f"[rlhf] {args.name} complete: {metrics}", 400))

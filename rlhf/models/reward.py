@@ -197,7 +197,8 @@ class RewardScorer:
         return scores
 
     def score_texts(self, texts: list[str], batch_size: int = 32) -> list[float]:
-        """Whole rendered transcripts (e.g. ``render_text``) -> rewards; eos is appended when the text lacks it."""
+        """Whole rendered transcripts (e.g. ``render_text``, or a decoded sequence with its special tokens) -> rewards;
+        bos and eos are added when the text lacks them (see :meth:`full_text_ids`)."""
         return self.score_ids([self._text_ids(t) for t in texts], batch_size)
 
     def score_pairs(self, prompts: list[list[dict]], responses: list[str], normalize: bool = False,
@@ -218,13 +219,23 @@ class RewardScorer:
             raise UserError(f"this reward model's config.json has no {MEAN_KEY}/{STD_KEY}; it cannot normalize")
         return [(s - self.mean) / self.std for s in scores]
 
-    def _text_ids(self, text: str) -> list[int]:
+    def full_text_ids(self, text: str) -> list[int]:
+        """A whole sequence's text -> ids shaped as the RM was trained (bos first, eos last), not truncated.
+
+        Special tokens written in the text count as themselves (OpenRLHF's ``query`` is a sequence decoded with
+        them kept, bos and eos included), so none is added twice: bos only when the text does not start with it,
+        eos only when it does not end with it.
+        """
         tok = self.tokenizer
-        ids = tok(text, add_special_tokens=True)["input_ids"]
-        if not ids or ids[-1] != tok.eos_token_id:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if not ids or ids[0] != tok.bos_token_id:
+            ids = [tok.bos_token_id] + ids
+        if ids[-1] != tok.eos_token_id:
             ids = ids + [tok.eos_token_id]
-        if len(ids) > self.max_length:  # keep the start token and the end, where the reward is read
-            head = ids[:1] if ids[0] == tok.bos_token_id else []
-            ids = head + ids[len(ids) - (self.max_length - len(head)):]
         return ids
 
+    def _text_ids(self, text: str) -> list[int]:
+        ids = self.full_text_ids(text)
+        if len(ids) > self.max_length:  # keep the start token and the end, where the reward is read
+            ids = ids[:1] + ids[len(ids) - (self.max_length - 1):]
+        return ids

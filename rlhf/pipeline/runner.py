@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlhf.errors import UserError
-from rlhf.manifest import MANIFEST, hash_path, now_iso, read_manifest, write_json_atomic
+from rlhf.manifest import MANIFEST, hash_path, make_out_dir, now_iso, read_manifest, write_json_atomic
 from rlhf.pipeline.spec import OUT_KEY, Pipeline, StageSpec, refs_in, resolve_refs, stage_data, validate_stage
 
 STATE_FILE = "pipeline.json"
@@ -195,7 +195,7 @@ class PipelineRunner:
         """Run every stage in order; ``from_stage`` and all stages after it are rerun even if unchanged."""
         names = self.pipeline.names()
         start = names.index(self.pipeline.stage(from_stage).name) if from_stage else len(names)
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_out_dir(self.out)
         self.log(f"[rlhf] pipeline '{self.pipeline.name}' ({self.pipeline.source}): {' -> '.join(names)}; "
                  f"outputs in {self.out}")
         outcomes = []

@@ -1,9 +1,12 @@
 """HTTP client for a remote reward service, speaking either protocol PPO can use.
 
 - ours (``rlhf serve``'s scorer):  POST /score       {"pairs": [{"prompt", "response"}]} -> {"scores": [...]}
-- OpenRLHF's remote RM:            POST /get_reward  {"query": [prompt + response], "prompts": [prompt]}
+- OpenRLHF's remote RM:            POST /get_reward  {"query": [sequence], "prompts": [templated prompt]}
                                                       -> {"rewards": [...]}
-  (openrlhf/utils/remote_rm_utils.py ``request_api_wrapper``; its ``query`` is the full decoded sequence.)
+  OpenRLHF (openrlhf/utils/agent.py, SingleTurnAgentExecutor) sends as ``query`` the whole sequence the policy
+  saw, ``tokenizer.decode(prompt_ids + response_ids, skip_special_tokens=False)``: the templated prompt, bos and
+  eos included; its serve_rm.py tokenizes that with ``add_special_tokens=False``. ``prompts`` are the (templated)
+  prompts alone.
 
 Requests are retried with exponential backoff on connection errors, timeouts and 5xx answers; a 4xx answer or a
 malformed body is not retried (a retry cannot fix it) and raises RemoteRewardError naming the URL.
@@ -38,7 +41,7 @@ def detect_protocol(url: str, protocol: str = "auto") -> Protocol:
 
 
 class RemoteReward:
-    """Scores (prompt, response) text pairs with a remote service. ``score`` returns one float per pair."""
+    """A remote reward service: :meth:`score` (our /score) or :meth:`get_reward` (OpenRLHF's), one float per item."""
 
     def __init__(self, url: str, protocol: str = "auto", timeout_s: float = 60.0, retries: int = 3,
                  backoff_s: float = 0.5, headers: dict[str, str] | None = None) -> None:
@@ -48,10 +51,22 @@ class RemoteReward:
         self.backoff_s = backoff_s
         self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=use_proxy_env(url))
 
-    def request_body(self, prompts: list[str], responses: list[str]) -> dict:
-        if self.protocol == "score":
-            return {"pairs": [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]}
-        return {"query": [p + r for p, r in zip(prompts, responses)], "prompts": list(prompts)}
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Our /score protocol: (user prompt, response) text pairs; the service templates them as its RM was trained."""
+        if self.protocol != "score":
+            raise ValueError(f"{self.url} speaks {self.protocol}; send whole sequences with get_reward()")
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return self._post({"pairs": [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]}, len(prompts))
+
+    def get_reward(self, queries: list[str], prompts: list[str]) -> list[float]:
+        """OpenRLHF's /get_reward protocol: ``queries`` are whole sequences as the policy saw them (decoded with
+        their special tokens), ``prompts`` the templated prompts alone."""
+        if self.protocol != "get_reward":
+            raise ValueError(f"{self.url} speaks {self.protocol}; send (prompt, response) pairs with score()")
+        if len(prompts) != len(queries):
+            raise ValueError(f"{len(prompts)} prompts but {len(queries)} queries")
+        return self._post({"query": list(queries), "prompts": list(prompts)}, len(queries))
 
     def parse(self, body: object, n: int) -> list[float]:
         key = "scores" if self.protocol == "score" else "rewards"
@@ -64,12 +79,9 @@ class RemoteReward:
         except (TypeError, ValueError):
             raise RemoteRewardError(f"{self.url}: '{key}' holds a non-number") from None
 
-    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        if not prompts:
+    def _post(self, body: dict, n: int) -> list[float]:
+        if not n:
             return []
-        body = self.request_body(prompts, responses)
         last_error = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -88,7 +100,7 @@ class RemoteReward:
                 payload = answer.json()
             except ValueError:
                 raise RemoteRewardError(f"{self.url}: the answer is not JSON: {answer.text[:200]!r}") from None
-            return self.parse(payload, len(prompts))
+            return self.parse(payload, n)
         raise RemoteRewardError(f"{self.url}: no answer after {self.retries + 1} attempts ({last_error})")
 
     def close(self) -> None:

@@ -330,6 +330,20 @@ class ReferenceWorker(RoleWorker):
         return cpu(logp)
 
 
+def sequence_texts(rollout: Rollout, tokenizer) -> tuple[list[str], list[str]]:
+    """(queries, prompts) for OpenRLHF's /get_reward: each whole sequence as the policy saw it (the templated prompt,
+    bos included, then the response with its eos when it stopped) and the templated prompt alone, both decoded with
+    special tokens kept, as OpenRLHF's own rollout builds its query."""
+    width, queries, prompts = rollout.prompt_width, [], []
+    for ids, mask, response_mask in zip(rollout.input_ids.tolist(), rollout.attention_mask.tolist(),
+                                        rollout.response_mask.tolist()):
+        prompt = [t for t, m in zip(ids[:width], mask[:width]) if m]  # left padding dropped
+        response = ids[width:width + int(sum(response_mask))]
+        prompts.append(tokenizer.decode(prompt, skip_special_tokens=False))
+        queries.append(tokenizer.decode(prompt + response, skip_special_tokens=False))
+    return queries, prompts
+
+
 class RewardWorker(RoleWorker):
     """Scores responses: a weighted sum of a reward model, a remote service and a Python function (any of them)."""
 
@@ -361,7 +375,9 @@ class RewardWorker(RoleWorker):
         from rlhf.reward.functions import call_reward_function
 
         responses = self.response_texts(rollout)
-        parts = {name: source(prompt_messages, prompt_texts, responses, records) for name, source in self.sources}
+        sequences = sequence_texts(rollout, self.tokenizer)  # for OpenRLHF's /get_reward: what the policy saw
+        parts = {name: source(prompt_messages, prompt_texts, responses, records, sequences)
+                 for name, source in self.sources}
         total = combine(parts, self.spec.reward.weights)
         if with_eval and self.eval_function is not None:
             parts["eval_function"] = torch.tensor(call_reward_function(

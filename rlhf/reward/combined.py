@@ -2,10 +2,11 @@
 
     score(x, y) = sum over the sources set of weight_source * score_source(x, y)     (weights default to 1)
 
-Each source maps (prompt messages, prompt texts, response texts, prompt records) to [B] float scores:
+Each source maps (prompt messages, prompt texts, response texts, prompt records, sequences) to [B] float scores,
+where sequences = (whole sequences, templated prompts) as the policy saw them, decoded with special tokens kept:
 - "model": the RM re-encodes each (prompt, response) with its own template and tokenizer and reads the last token,
   normalized by the RM's training statistics when its config has them;
-- "url": ``RemoteReward`` (ours or OpenRLHF's protocol) with the prompt texts;
+- "url": ``RemoteReward``: our /score gets (prompt text, response) pairs, OpenRLHF's /get_reward the sequences;
 - "function": ``module:callable`` with the prompt texts (and the records when it takes them).
 """
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 import torch
 
-Source = Callable[[list, list[str], list[str], list[dict]], torch.Tensor]
+Source = Callable[[list, list[str], list[str], list[dict], tuple[list[str], list[str]]], torch.Tensor]
 
 
 def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 16,
@@ -29,7 +30,7 @@ def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 
         scorer = RewardScorer(reward.model, device=device, precision=precision)
         normalize = scorer.mean is not None and bool(scorer.std)
 
-        def rm(messages, texts, responses, records):
+        def rm(messages, texts, responses, records, sequences):
             return as_scores(scorer.score_pairs(messages, responses, normalize=normalize, batch_size=batch_size))
 
         rm.scorer = scorer  # the loaded model, for callers that inspect it (its dtype, device)
@@ -38,12 +39,17 @@ def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 
         from rlhf.ppo.remote_reward import RemoteReward
 
         remote = RemoteReward(reward.url, reward.protocol, reward.timeout_s, reward.retries)
-        sources.append(("url", lambda messages, texts, responses, records: as_scores(remote.score(texts, responses))))
+        if remote.protocol == "get_reward":
+            sources.append(("url", lambda messages, texts, responses, records, sequences: as_scores(
+                remote.get_reward(*sequences))))
+        else:
+            sources.append(("url", lambda messages, texts, responses, records, sequences: as_scores(
+                remote.score(texts, responses))))
     if reward.function:
         from rlhf.reward.functions import call_reward_function, load_reward_function
 
         fn, kwargs = load_reward_function(reward.function), dict(reward.kwargs)
-        sources.append(("function", lambda messages, texts, responses, records: as_scores(
+        sources.append(("function", lambda messages, texts, responses, records, sequences: as_scores(
             call_reward_function(fn, texts, responses, records, kwargs))))
     return sources
 

@@ -60,7 +60,9 @@ class GetRewardRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # OpenRLHF clients may add keys of their own
 
-    query: list[StrictStr] = Field(..., description="prompt + response texts, already templated")
+    query: list[StrictStr] = Field(
+        ..., description="whole sequences as the policy saw them: templated prompt + response, decoded with special "
+                         "tokens kept (bos/eos in the text count as themselves; missing ones are added)")
     prompts: list[StrictStr] | None = Field(None, description="the prompts alone (accepted, not needed to score)")
     labels: list | None = Field(None, description="reference labels (accepted, unused by a learned RM)")
 

@@ -38,10 +38,8 @@ class RewardBackend:
         return out
 
     def _text_length(self, text: str) -> int:
-        """Tokens of ``text`` before truncation, counting the eos the scorer appends when it is missing."""
-        tok = self.scorer.tokenizer
-        ids = tok(text, add_special_tokens=True)["input_ids"]
-        return len(ids) + (0 if ids and ids[-1] == tok.eos_token_id else 1)
+        """Tokens of ``text`` before truncation, counting the bos and eos the scorer adds when they are missing."""
+        return len(self.scorer.full_text_ids(text))
 
     def encode_pairs(self, prompts: list[list[dict[str, str]]], responses: list[str]) -> list[Encoded]:
         """Messages + response -> ids as RewardScorer.score_pairs builds them (the RM's template)."""
