@@ -296,3 +296,12 @@ def test_dpo_plan_counts_a_live_reference():
     ref = live.roles[1]
     assert ref.role == "reference" and ref.weights == 2 * 8_030_261_248 // 8 + 4 * 128256 * 4096
     assert live.gpu_peak > pre.gpu_peak
+
+
+def test_ppo_micro_batch_shrinks_training_activations():
+    base = ["actor.path=meta-llama/Meta-Llama-3-8B", "deepspeed.zero_stage=3", "algorithm.mini_batch_size=16",
+            "rollout.prompts_per_iteration=16", "prompts.max_prompt_length=512", "rollout.max_new_tokens=512"]
+    whole = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base), suggest=False).roles[0]
+    parts = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base + ["algorithm.micro_batch_size=4"]),
+                           suggest=False).roles[0]
+    assert whole.transients["train"] == 4 * parts.transients["train"]

@@ -203,6 +203,12 @@ def frozen_role(role: str, model: str, shape: ModelShape, params: int, ds, hw: H
                       transients={"score": acts})
 
 
+def ppo_micro_batch(algo, workers: int) -> int:
+    """Rows per forward/backward on a trained role's worker (rlhf.ppo.roles.TrainedRole.micro_batch)."""
+    share = max(1, algo.mini_batch_size // workers)
+    return min(getattr(algo, "micro_batch_size", None) or share, share)
+
+
 def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     """Actor (trains, generates), critic (trains), reference and reward (frozen), on the placement of ppo.placement."""
     from rlhf.ppo.placement import plan as placement
@@ -217,7 +223,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     a_params = actor_shape.causal_lm_params()
     a_train = lora_trainable(actor_shape, lora) if lora is not None else a_params
     actor = trained_role("actor", cfg.actor.path, actor_shape, a_params, a_train, ds, hw, res.actor_workers,
-                         algo.mini_batch_size // res.actor_workers, seq, cfg.actor.gradient_checkpointing, new + 1)
+                         ppo_micro_batch(algo, res.actor_workers), seq, cfg.actor.gradient_checkpointing, new + 1)
     score = mem.inference_activation_bytes(actor_shape, fwd, seq, new + 1)
     gen_batch = ro.prompts_per_iteration * ro.samples_per_prompt // res.actor_workers  # a group per prompt
     kv, gen_work = mem.generation_bytes(actor_shape, gen_batch, prompt, new)
@@ -231,7 +237,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     c_params = critic_shape.value_model_params()
     c_train = lora_trainable(critic_shape, lora, critic_shape.hidden_size) if lora is not None else c_params
     critic = trained_role("critic", critic_path, critic_shape, c_params, c_train, ds, hw, res.critic_workers,
-                          algo.mini_batch_size // res.critic_workers, seq, cfg.critic.gradient_checkpointing, 0)
+                          ppo_micro_batch(algo, res.critic_workers), seq, cfg.critic.gradient_checkpointing, 0)
     c_score = mem.inference_activation_bytes(critic_shape, fwd, seq, 0)
     critic.activations = max(critic.activations, c_score)
     critic.transients["score"] = c_score
