@@ -156,7 +156,8 @@ def _run_preferences(section: PreferencesSection, out: Path) -> tuple[dict, dict
         write_jsonl(out / "to_label.jsonl", result.to_label)
         outputs |= {"samples": out / "samples.jsonl", "to_label": out / "to_label.jsonl"}
     metrics = {
-        "prompts": result.prompts, "records": len(result.records), "drops": dict(sorted(result.drops.items())),
+        "prompts": result.prompts, "prompts_truncated": result.prompts_truncated, "records": len(result.records),
+        "drops": dict(sorted(result.drops.items())),
         "judge": {"kind": section.judge.kind, **result.judge_stats},
     }
     return metrics, outputs

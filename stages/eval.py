@@ -36,6 +36,7 @@ from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.eval.judge import LLMJudgeSection
 from rlhf.manifest import StageRun, write_json_atomic
+from rlhf.sampling.config import GenerationSection
 
 EVAL_FILE = "eval.json"
 
@@ -81,6 +82,8 @@ class Config(Section):
     judge: LLMJudgeSection | None = Field(None, description="optional pairwise LLM judge (OpenAI-compatible API)")
     batch_size: int = Field(64, ge=1, description="sequences per generate/forward call")
     precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's own)")
 
 

@@ -210,7 +210,9 @@ def ppo_micro_batch(algo, workers: int) -> int:
 
 
 def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
-    """Actor (trains, generates), critic (trains), reference and reward (frozen), on the placement of ppo.placement."""
+    """Actor (trains, generates), critic (trains; none with a critic-free estimator), reference and reward (frozen),
+    on the placement of ppo.placement."""
+    from rlhf.ppo.estimators import ESTIMATORS
     from rlhf.ppo.placement import plan as placement
 
     res, ds, ro, algo = cfg.resources, cfg.deepspeed, cfg.rollout, cfg.algorithm
@@ -226,13 +228,14 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
                          ppo_micro_batch(algo, res.actor_workers), seq, cfg.actor.gradient_checkpointing, new + 1)
     score = mem.inference_activation_bytes(actor_shape, fwd, seq, new + 1)
     gen_batch = ro.prompts_per_iteration * ro.samples_per_prompt // res.actor_workers  # a group per prompt
-    kv, gen_work = mem.generation_bytes(actor_shape, gen_batch, prompt, new)
+    # rlhf.sampling batches a worker's prompts so rows x (prompt + new tokens) stays within max_batch_tokens.
+    budget = getattr(getattr(ro, "generation", None), "max_batch_tokens", None)
+    gen_rows = min(gen_batch, max(1, budget // seq)) if budget else gen_batch
+    kv, gen_work = mem.generation_bytes(actor_shape, gen_rows, prompt, new)
     gathered = 2 * a_params if ds.zero_stage == 3 else 0
     actor.gathered_weights, actor.kv_cache = gathered, kv
     actor.activations = max(actor.activations, score)
     actor.transients.update(score=score, generate=gathered + kv + gen_work)
-    from rlhf.ppo.estimators import ESTIMATORS
-
     with_critic = ESTIMATORS[algo.estimator].needs_critic
     c_params = critic_shape.value_model_params()
     c_train = lora_trainable(critic_shape, lora, critic_shape.hidden_size) if lora is not None else c_params
@@ -245,7 +248,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
         critic = None  # a critic-free estimator places no critic (stages.ppo.uses_critic)
     notes = [f"actor {actor_shape.name}: {a_params:,} params; "
              + (f"critic {critic_path}: {c_params:,}" if with_critic else f"no critic ({algo.estimator})"),
-             f"generation: {gen_batch} prompts per actor worker x {prompt}+{new} tokens"]
+             f"generation: {gen_batch} prompts per actor worker, {gen_rows} per batch x {prompt}+{new} tokens"]
     if lora is not None:
         # The reference is the actor's base with the adapters off: no second copy of the policy (rlhf.ppo.roles).
         # Its log-probs run on the actor's workers, one after the actor's own: no memory beside the actor's scoring.

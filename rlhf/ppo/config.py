@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
+from rlhf.sampling.config import GenerationSection
 from rlhf.sections import OptimSection, SourceSection
 
 
@@ -75,6 +76,8 @@ class RolloutSection(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     forward_batch_size: int = Field(16, ge=1, description="sequences per forward pass when scoring experience")
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
 
 
 class AlgorithmSection(Section):

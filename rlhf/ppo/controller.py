@@ -109,7 +109,7 @@ class Controller:
         # offload_while_generating: the trained roles' optimizer states sleep in host memory during generation.
         sleep = cfg.resources.offload_while_generating
         offload_s = max(gather([r for _, g in roles.trained() for r in g.submit("offload_states")])) if sleep else 0.0
-        rollout, sync_s = generate(roles, batch, self.seed(it), self.eos_id, self.pad_id)
+        rollout, sync_s, truncated = generate(roles, batch, self.seed(it), self.eos_id, self.pad_id)
         if sleep:
             offload_s += max(gather([r for _, g in roles.trained() for r in g.submit("reload_states")]))
         t1 = time.perf_counter()
@@ -146,6 +146,7 @@ class Controller:
             **stats,
             "entropy": masked_mean(entropy, rollout.response_mask).item(),
             **{k: v for r in results.values() for k, v in r.items() if k != "loss"},
+            "prompts_truncated": truncated,
             "time_generation_s": t1 - t0 - sync_s - offload_s,
             "time_weight_sync_s": sync_s,
             **({"time_state_offload_s": offload_s} if sleep else {}),
@@ -220,11 +221,15 @@ class Controller:
         gather([ref for name, group in self.roles.trained() for ref in group.submit("save_hf", str(self.out / name))])
 
 
-def generate(roles: Roles, batch: list[Prompt], seed: int, eos_id: int, pad_id: int) -> tuple[Rollout, float]:
-    """(the rollout of one response per row of ``batch``, the slowest worker's weight-sync seconds)."""
+def generate(roles: Roles, batch: list[Prompt], seed: int, eos_id: int,
+             pad_id: int) -> tuple[Rollout, float, int]:
+    """(the rollout of one response per row of ``batch``, the slowest worker's weight-sync seconds, how many prompts
+    the actors cut to their model's context)."""
     outs = gather(roles.actor.submit_sharded("generate", [p.ids for p in batch], seed))
     responses = [r for rs, _ in outs for r in rs]
-    return build_rollout([p.ids for p in batch], responses, eos_id, pad_id), max(t["sync_s"] for _, t in outs)
+    truncated = int(sum(t.get("prompts_truncated", 0) for _, t in outs))
+    return (build_rollout([p.ids for p in batch], responses, eos_id, pad_id), max(t["sync_s"] for _, t in outs),
+            truncated)
 
 
 def ref_logprob_refs(roles: Roles, rollout: Rollout) -> list:

@@ -79,7 +79,7 @@ class Evaluator:
         from rlhf.ppo.controller import gather, generate, merge_scores, ref_logprob_refs, score_refs
 
         roles = self.roles
-        rollout, _ = generate(roles, self.prompts, self.seed, self.eos_id, self.pad_id)
+        rollout, _, _ = generate(roles, self.prompts, self.seed, self.eos_id, self.pad_id)
         refs = [roles.actor.submit_sharded("logprobs", rollout), ref_logprob_refs(roles, rollout),
                 score_refs(roles, rollout, self.prompts, with_eval=True)]
         actor_out, ref_out, scores_out = (gather(r) for r in refs)
