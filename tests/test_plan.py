@@ -298,6 +298,15 @@ def test_dpo_plan_counts_a_live_reference():
     assert live.gpu_peak > pre.gpu_peak
 
 
+def test_ppo_micro_batch_shrinks_training_activations():
+    base = ["actor.path=meta-llama/Meta-Llama-3-8B", "deepspeed.zero_stage=3", "algorithm.mini_batch_size=16",
+            "rollout.prompts_per_iteration=16", "prompts.max_prompt_length=512", "rollout.max_new_tokens=512"]
+    whole = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base), suggest=False).roles[0]
+    parts = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base + ["algorithm.micro_batch_size=4"]),
+                           suggest=False).roles[0]
+    assert whole.transients["train"] == 4 * parts.transients["train"]
+
+
 def test_critic_free_ppo_plan_places_no_critic():
     from rlhf.config import load_config
     from rlhf.plan.estimate import estimate_stage
@@ -310,3 +319,15 @@ def test_critic_free_ppo_plan_places_no_critic():
     assert [r.role for r in gae.roles] == ["actor", "critic", "ref", "reward"] and gae.gpus_needed == 4
     assert [r.role for r in grpo.roles] == ["actor", "ref", "reward"] and grpo.gpus_needed == 3
     assert all("critic" not in g.roles for g in grpo.groups)
+
+
+def test_generation_kv_cache_follows_the_token_budget():
+    base = ["actor.path=meta-llama/Meta-Llama-3-8B", "rollout.prompts_per_iteration=256", "algorithm.mini_batch_size=16",
+            "prompts.max_prompt_length=512", "rollout.max_new_tokens=512"]
+    small = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base + [
+        "rollout.generation.max_batch_tokens=16384"]), suggest=False).roles[0]
+    big = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base + [
+        "rollout.generation.max_batch_tokens=1000000"]), suggest=False).roles[0]
+    per_token = 2 * 32 * 8 * 128 * 2
+    assert small.kv_cache == 16 * 1024 * per_token  # 16384 // 1024 rows per batch
+    assert big.kv_cache == 256 * 1024 * per_token  # the whole share in one batch

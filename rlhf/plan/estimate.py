@@ -203,6 +203,12 @@ def frozen_role(role: str, model: str, shape: ModelShape, params: int, ds, hw: H
                       transients={"score": acts})
 
 
+def ppo_micro_batch(algo, workers: int) -> int:
+    """Rows per forward/backward on a trained role's worker (rlhf.ppo.roles.TrainedRole.micro_batch)."""
+    share = max(1, algo.mini_batch_size // workers)
+    return min(getattr(algo, "micro_batch_size", None) or share, share)
+
+
 def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     """Actor (trains, generates), critic (trains; none with a critic-free estimator), reference and reward (frozen),
     on the placement of ppo.placement."""
@@ -219,10 +225,13 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     a_params = actor_shape.causal_lm_params()
     a_train = lora_trainable(actor_shape, lora) if lora is not None else a_params
     actor = trained_role("actor", cfg.actor.path, actor_shape, a_params, a_train, ds, hw, res.actor_workers,
-                         algo.mini_batch_size // res.actor_workers, seq, cfg.actor.gradient_checkpointing, new + 1)
+                         ppo_micro_batch(algo, res.actor_workers), seq, cfg.actor.gradient_checkpointing, new + 1)
     score = mem.inference_activation_bytes(actor_shape, fwd, seq, new + 1)
     gen_batch = ro.prompts_per_iteration * ro.samples_per_prompt // res.actor_workers  # a group per prompt
-    kv, gen_work = mem.generation_bytes(actor_shape, gen_batch, prompt, new)
+    # rlhf.sampling batches a worker's prompts so rows x (prompt + new tokens) stays within max_batch_tokens.
+    budget = getattr(getattr(ro, "generation", None), "max_batch_tokens", None)
+    gen_rows = min(gen_batch, max(1, budget // seq)) if budget else gen_batch
+    kv, gen_work = mem.generation_bytes(actor_shape, gen_rows, prompt, new)
     gathered = 2 * a_params if ds.zero_stage == 3 else 0
     actor.gathered_weights, actor.kv_cache = gathered, kv
     actor.activations = max(actor.activations, score)
@@ -231,7 +240,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
     c_params = critic_shape.value_model_params()
     c_train = lora_trainable(critic_shape, lora, critic_shape.hidden_size) if lora is not None else c_params
     critic = trained_role("critic", critic_path, critic_shape, c_params, c_train, ds, hw, res.critic_workers,
-                          algo.mini_batch_size // res.critic_workers, seq, cfg.critic.gradient_checkpointing, 0)
+                          ppo_micro_batch(algo, res.critic_workers), seq, cfg.critic.gradient_checkpointing, 0)
     c_score = mem.inference_activation_bytes(critic_shape, fwd, seq, 0)
     critic.activations = max(critic.activations, c_score)
     critic.transients["score"] = c_score
@@ -239,7 +248,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
         critic = None  # a critic-free estimator places no critic (stages.ppo.uses_critic)
     notes = [f"actor {actor_shape.name}: {a_params:,} params; "
              + (f"critic {critic_path}: {c_params:,}" if with_critic else f"no critic ({algo.estimator})"),
-             f"generation: {gen_batch} prompts per actor worker x {prompt}+{new} tokens"]
+             f"generation: {gen_batch} prompts per actor worker, {gen_rows} per batch x {prompt}+{new} tokens"]
     if lora is not None:
         # The reference is the actor's base with the adapters off: no second copy of the policy (rlhf.ppo.roles).
         # Its log-probs run on the actor's workers, one after the actor's own: no memory beside the actor's scoring.

@@ -33,6 +33,10 @@ def ppo_candidates(cfg, hw) -> list[list[str]]:
     coloc = ["resources.colocate_actor_ref=true", "resources.colocate_critic_reward=true",
              *(f"resources.{k}={n}" for k in ("actor_workers", "ref_workers", "critic_workers", "reward_workers"))]
     cands = [ckpt, ckpt + z3, ckpt + z3 + opt, ckpt + coloc, ckpt + z3 + coloc, ckpt + z3 + opt + coloc]
+    if "micro_batch_size" in type(cfg.algorithm).model_fields:  # accumulate a worker's minibatch share in parts
+        share = max(1, cfg.algorithm.mini_batch_size // max(cfg.resources.actor_workers, cfg.resources.critic_workers))
+        micro = [f"algorithm.micro_batch_size={max(1, share // 4)}"] if share > 1 else []
+        cands[1:1] = [ckpt + micro, ckpt + z3 + micro] if micro else []
     n_all = max(1, hw.gpus)
     all4 = ["resources.colocate_all=true",
             *(f"resources.{k}={n_all}" for k in ("actor_workers", "ref_workers", "critic_workers", "reward_workers"))]
