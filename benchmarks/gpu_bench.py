@@ -1,13 +1,15 @@
-"""The GPU check's measurements and checks, one subcommand each (benchmarks/gpu_check.sh runs them in order):
+"""The GPU run's measurements and checks, one subcommand each (benchmarks/gpu_check.sh runs them in order):
 
-  matmul     bf16 8192^3 matrix products: median of 10 after warm-up -> the MFU denominator (TFLOP/s)
-  sft        SFT of a ~1.1B LLaMA (TinyLlama shape, vocab 32000, random weights) through stages.sft.run:
-             1 Ray Train worker on the GPU, ZeRO-2, bf16, seq 2048 -> tokens/s and MFU
-  generate   PPO-style sampling (rlhf.sampling.sample, KV cache, bf16) on the same model -> tokens/s
+  matmul     bf16 8192^3 matrix products (the MFU denominator, TFLOP/s) and the device copy rate
+  model      the ~1.1B LLaMA dir (TinyLlama shape, vocab 32000, random weights) the next steps share
+  sft        SFT of that model through stages.sft.run: 1 Ray Train worker on the GPU, ZeRO-2, bf16, seq 2048 ->
+             tokens/s, MFU, the rank's peak memory against `rlhf plan` (``--kernels liger|hf``)
+  ppo        PPO of that model, all roles on the one GPU (benchmarks/gpu_ppo.py)
+  multirank  two ranks on CUDA tensors on the one GPU: SFT ZeRO-2 and a 2-worker PPO actor (benchmarks/gpu_ppo.py)
   overrides  the `rlhf run` overrides that put a pipeline's stages on the GPUs this machine has
-  manifests  every DIR/*/manifest.json must say "complete"
-  serve      the reward-model service (Ray Serve) with its replica on the GPU, scoring pairs over 127.0.0.1
-  report     merge the parts into one JSON and print a table
+  manifests  every DIR/*/manifest.json must say "complete"; the eval stage's figures
+  report     merge the parts into one JSON and print a table against issue 19's targets
+(Sampling and the scoring service have programs of their own: benchmarks/sampling.py, benchmarks/serve_throughput.py.)
 
 MFU follows PaLM (Chowdhery et al. 2022, appendix B): model FLOPs per token = 6N + 12·L·H·Q·T for forward and
 backward, N = the weights that take part in matmuls (every parameter but the input embedding, a lookup; the
@@ -32,11 +34,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # gpu_ppo
 
 SEQ, VOCAB, MODEL_SIZE = 2048, 32000, "llama-1b"
 WARMUP_STEPS = 3
-GEN_PROMPTS, GEN_NEW_TOKENS = 64, 256
-MAX_ITERATIONS, MAX_STEPS, CPU_PPO_THREADS = 8, 300, 3  # keep the pipeline inside the check's time budget
+MAX_ITERATIONS, MAX_STEPS = 8, 300  # keep the pipeline inside the check's time budget
 
 
 def save_part(parts: Path, name: str, data: dict) -> None:
@@ -92,30 +94,44 @@ def build_model_dir(work: Path, vocab: int, size: str) -> Path:
 
 
 def cmd_matmul(args) -> None:
+    """bf16 matmul rate (the MFU denominator) and the device copy rate (the sampling bandwidth bound's numerator)."""
     import torch
 
     n, reps = (256, 2) if args.dry_run else (8192, 10)
     dev = "cpu" if args.dry_run else "cuda"
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    seconds = median_seconds(lambda: a @ b, reps, dev)
+    # Copy rate: bytes read + written by a device-to-device copy of a 2 GiB buffer (KINDS.md saw ~4.3 TB/s).
+    size = (1 << 20) if args.dry_run else (1 << 31)
+    src = torch.empty(size, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_s = median_seconds(lambda: dst.copy_(src), reps, dev)
+    save_part(args.parts, "matmul", {"n": n, "reps": reps, "median_s": seconds,
+                                     "bf16_matmul_tflops": 2 * n**3 / seconds / 1e12,
+                                     "copy_bytes": 2 * size, "copy_gb_per_s": 2 * size / copy_s / 1e9})
+
+
+def median_seconds(fn, reps: int, dev: str) -> float:
+    """Median wall time of ``fn`` over ``reps`` runs after 3 warm-ups (CUDA events on the GPU)."""
+    import torch
+
     for _ in range(3):
-        a @ b
+        fn()
     times = []
     for _ in range(reps):
         if dev == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            a @ b
+            fn()
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
             t0 = time.perf_counter()
-            a @ b
+            fn()
             times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    save_part(args.parts, "matmul", {"n": n, "reps": reps, "median_s": seconds,
-                                     "bf16_matmul_tflops": 2 * n**3 / seconds / 1e12})
+    return statistics.median(times)
 
 
 def long_rows(n: int, words: int) -> list[dict]:
@@ -125,8 +141,9 @@ def long_rows(n: int, words: int) -> list[dict]:
              "output": " ".join(vocab[(i + j) % len(vocab)] for j in range(words))} for i in range(n)]
 
 
-def sft_overrides(data: Path, model_dir: Path, steps: int, micro: int, accum: int, seq: int, gpu: bool) -> list[str]:
-    return [
+def sft_overrides(data: Path, model_dir: Path, steps: int, micro: int, accum: int, seq: int, gpu: bool,
+                  kernels: str = "hf") -> list[str]:
+    return [f"model.kernels={kernels}",
         f"data.path={data}", "data.format=alpaca", "data.template=alpaca", f"data.max_length={seq}",
         "data.eval_fraction=0", f"model.path={model_dir}", "model.gradient_checkpointing=false",
         f"train.max_steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
@@ -161,79 +178,67 @@ def cmd_sft(args) -> None:
     data = args.work / "sft-rows.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in long_rows(64, int(seq * 1.2))))
-    cfg = load_config(sft.Config, None, sft_overrides(data, args.work / "model", args.steps, micro, accum, seq, gpu))
+    kernels = args.kernels if gpu else "hf"
+    cfg = load_config(sft.Config, None, sft_overrides(data, args.work / "model", args.steps, micro, accum, seq, gpu,
+                                                      kernels))
     part = {"model": f"{size} (vocab {config.vocab_size})", "params": total, "matmul_params": matmul,
             "layers": config.num_hidden_layers, "d_model": config.hidden_size, "seq": seq, "micro_batch": micro,
             "grad_accum": accum, "zero_stage": cfg.deepspeed.zero_stage, "precision": cfg.deepspeed.precision,
+            "kernels": kernels,
             "flops_per_token": model_flops_per_token(matmul, config.num_hidden_layers, config.hidden_size, seq)}
     if args.dry_run:
-        save_part(args.parts, "sft", {**part, "dry_run": True})
+        cfg = load_config(sft.Config, None, sft_overrides(data, "embedded:tiny-llama", 1, micro, accum, seq, gpu))
+        save_part(args.parts, "sft" if args.kernels == "liger" else "sft_hf",
+                  {**part, "plan": planned_memory("sft", cfg, gib), "dry_run": True})
         return
     model_dir = build_model_dir(args.work, vocab, size)
-    cfg = load_config(sft.Config, None, sft_overrides(data, model_dir, args.steps, micro, accum, seq, gpu))
-    out = args.work / "sft-run"
+    cfg = load_config(sft.Config, None, sft_overrides(data, model_dir, args.steps, micro, accum, seq, gpu, kernels))
+    part["plan"] = planned_memory("sft", cfg, gib)
+    out = args.work / f"sft-run-{kernels}"
     started = time.perf_counter()
     sft.run(cfg, out)
     lengths = {len(e["input_ids"]) for e in load_examples(out, "train")}
     if lengths != {seq}:
         raise RuntimeError(f"sft bench: examples must all be {seq} tokens, got lengths {sorted(lengths)[:5]}")
-    speeds = [r["tokens_per_s"] for r in read_metrics(out) if "tokens_per_s" in r][WARMUP_STEPS:]
+    rows = read_metrics(out)
+    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][WARMUP_STEPS:]
+    peak = max((r["gpu_mem_peak_gib"] for r in rows if "gpu_mem_peak_gib" in r), default=None)
     tps = statistics.median(speeds)
     matmul_part = args.parts / "matmul.json"
     rate = json.loads(matmul_part.read_text())["bf16_matmul_tflops"] * 1e12 if matmul_part.is_file() else None
     causal = model_flops_per_token(matmul, config.num_hidden_layers, config.hidden_size, seq, causal=True)
-    save_part(args.parts, "sft", {**part, "steps_timed": len(speeds), "tokens_per_s": tps,
+    save_part(args.parts, "sft" if kernels == "liger" else "sft_hf", {**part, "steps_timed": len(speeds), "tokens_per_s": tps,
                                   "mfu": part["flops_per_token"] * tps / rate if rate else None,
                                   "mfu_causal": causal * tps / rate if rate else None,
-                                  "stage_wall_s": time.perf_counter() - started, "model_dir": str(model_dir)})
+                                  "stage_wall_s": time.perf_counter() - started, "model_dir": str(model_dir),
+                                  "gpu_mem_peak_gib": peak, "measured_over_plan":
+                                      peak / part["plan"]["states_and_activations_gib"] if peak else None})
 
 
-def cmd_generate(args) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
+def planned_memory(stage: str, cfg, gpu_gib: float) -> dict:
+    """`rlhf plan`'s per-GPU estimate for one stage config on this GPU, in GiB: each role's weights + gradients +
+    optimizer states + its largest phase's activations (what torch.cuda.max_memory_allocated measures; the plan's
+    peak adds a reserve for the CUDA context and allocator slack, which that counter does not see)."""
+    from rlhf.plan.estimate import Hardware, estimate_stage
 
-    from rlhf.data.formats import to_prompt_messages
-    from rlhf.data.io import read_rows
-    from rlhf.data.templates import encode_prompt
-    from rlhf.sampling import SamplingParams, sample
-
-    if args.dry_run:
-        from rlhf.models.loading import resolve_model_path
-
-        model_dir, dev, n_prompts, new_tokens, dtype = resolve_model_path("embedded:tiny-llama"), "cpu", 4, 4, torch.float32
-    else:
-        model_dir, dev, n_prompts, new_tokens, dtype = build_model_dir(args.work, VOCAB, MODEL_SIZE), "cuda", \
-            GEN_PROMPTS, GEN_NEW_TOKENS, torch.bfloat16
-    from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
-
-    tok = load_tokenizer(EMBEDDED_TOKENIZER)
-    rows = read_rows(str(REPO / "data" / "instructions.jsonl"))[:n_prompts]
-    prompts = [encode_prompt(to_prompt_messages(r, "alpaca"), "alpaca", tok) for r in rows]
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(dev)
-
-    def timed(max_new: int) -> tuple[list[list[int]], float]:
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = sample(model, prompts, SamplingParams(max_new_tokens=max_new), tok.eos_token_id, tok.pad_token_id,
-                     batch_size=len(prompts), generator_seed=0)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - t0
-
-    timed(new_tokens)  # warm-up at the timed shapes: kernels, allocator, KV cache, the static engine's compile
-    responses, seconds = timed(new_tokens)
-    tokens = sum(len(r) for r in responses)
-    save_part(args.parts, "generate", {"prompts": len(prompts), "max_new_tokens": new_tokens, "tokens": tokens,
-                                       "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts), "seconds": seconds,
-                                       "tokens_per_s": tokens / seconds, "dtype": str(dtype).removeprefix("torch."),
-                                       **({"dry_run": True} if args.dry_run else {})})
+    hw = Hardware(gpus_per_node=1, nodes=1, gpu_mem=int((gpu_gib or 80) * 2**30))
+    plan = estimate_stage(stage, cfg, hw, suggest=False)
+    g = 2**30
+    roles = {r.role: {"weights_gib": r.weights / g, "gradients_gib": r.gradients / g,
+                      "optimizer_states_gib": r.optimizer_states / g,
+                      "transients_gib": {k: v / g for k, v in r.transients.items()},
+                      "states_and_activations_gib": (r.states + max(r.transients.values(), default=0)) / g}
+             for r in plan.roles}
+    first = next(iter(roles.values()))
+    return {"roles": roles, "states_and_activations_gib": first["states_and_activations_gib"],
+            "plan_peak_gib": plan.gpu_peak / g, "verdict": plan.verdict}
 
 
 def gpu_overrides(pipeline, gpus: int) -> tuple[list[str], list[str]]:
-    """Overrides putting every stage's Ray workers on GPUs (bf16, at most ``gpus`` GPU workers at once), and notes
-    on what cannot: a PPO placement needing more GPU bundles than there are GPUs stays on CPU. PPO loops are
-    cut to MAX_ITERATIONS and training to MAX_STEPS: the check proves the path, the pipeline's own runs the learning."""
+    """Overrides putting every stage's Ray workers on GPUs (bf16, at most ``gpus`` GPU workers at once), and notes:
+    a PPO placement with more bundles than GPUs gives each bundle a share of a GPU (``gpus_per_bundle``). PPO loops
+    are cut to MAX_ITERATIONS and training to MAX_STEPS: the check proves the path, the pipeline's own runs the
+    learning."""
     from pydantic import BaseModel
 
     from rlhf.pipeline.spec import validate_stage
@@ -250,15 +255,13 @@ def gpu_overrides(pipeline, gpus: int) -> tuple[list[str], list[str]]:
             for key in ("num_workers", "num_actors"):
                 if key in fields and getattr(section, key) > gpus:
                     overrides.append(f"{prefix}{key}={gpus}")
-            if "actor_workers" in fields:  # PPO: four roles in one placement group, one GPU per bundle
+            if "actor_workers" in fields:  # PPO: one bundle per role (or colocated pair); share the GPUs
                 bundles, _ = plan(section, True)
                 if len(bundles) > gpus:
-                    use_gpu = False
-                    notes.append(f"{prefix}use_gpu=false: PPO's placement needs {len(bundles)} GPU bundles "
-                                 f"(even colocated, 2), this machine has {gpus} GPU(s)")
-                    # On CPU, give each role's worker a few of the device's 16 cores.
-                    overrides.extend([f"{prefix}cpus_per_bundle={CPU_PPO_THREADS}",
-                                      f"{prefix}threads_per_worker={CPU_PPO_THREADS}"])
+                    share = math.floor(100 * gpus / len(bundles)) / 100
+                    overrides.append(f"{prefix}gpus_per_bundle={share}")
+                    notes.append(f"{prefix}gpus_per_bundle={share}: PPO's {len(bundles)} bundles share "
+                                 f"{gpus} GPU(s)")
             overrides.append(f"{prefix}use_gpu={str(use_gpu).lower()}")
         if "iterations" in fields and section.iterations > MAX_ITERATIONS:  # a path check, not a training run
             overrides.append(f"{prefix}iterations={MAX_ITERATIONS}")
@@ -272,6 +275,16 @@ def gpu_overrides(pipeline, gpus: int) -> tuple[list[str], list[str]]:
     for stage in pipeline.spec.stages:
         walk(validate_stage(pipeline, stage), f"{stage.name}.")
     return overrides, notes
+
+
+def cmd_model(args) -> None:
+    """Build the 1.1B random-weight dir the sampling, SFT and PPO steps share (on the GPU: seconds)."""
+    if args.dry_run:
+        save_part(args.parts, "model", {"dry_run": True})
+        return
+    started = time.perf_counter()
+    path = build_model_dir(args.work, VOCAB, MODEL_SIZE)
+    save_part(args.parts, "model", {"dir": str(path), "build_s": time.perf_counter() - started})
 
 
 def cmd_overrides(args) -> None:
@@ -293,61 +306,15 @@ def cmd_manifests(args) -> None:
     from rlhf.pipeline.spec import load_pipeline
 
     names = load_pipeline(find_pipeline(args.pipeline)).names()
-    statuses = {name: (read_manifest(args.dir / name) or {}).get("status", "missing") for name in names}
+    manifests = {name: read_manifest(args.dir / name) or {} for name in names}
+    statuses = {name: m.get("status", "missing") for name, m in manifests.items()}
     ok = all(s == "complete" for s in statuses.values())
-    save_part(args.parts, "pipeline", {"dir": str(args.dir), "stages": statuses, "all_complete": ok})
+    # The report's figures: the eval stage's metrics (oracle accuracy, win rate, RM clean accuracy, KL).
+    figures = {name: m.get("metrics", {}) for name, m in manifests.items() if m.get("stage") == "eval"}
+    save_part(args.parts, "pipeline", {"dir": str(args.dir), "stages": statuses, "all_complete": ok,
+                                       "eval": figures})
     if not ok:
         raise SystemExit(f"[gpu] pipeline manifests not all complete: {statuses}")
-
-
-def pipeline_reward_model(pipeline_dir: Path | None) -> str | None:
-    """The model dir of a complete rm stage under a pipeline's output dir, if there is one."""
-    from rlhf.manifest import read_manifest
-
-    for stage_dir in sorted(pipeline_dir.iterdir()) if pipeline_dir and pipeline_dir.is_dir() else []:
-        m = read_manifest(stage_dir) if stage_dir.is_dir() else None
-        if m and m.get("stage") == "rm" and m.get("status") == "complete" and "model" in m.get("outputs", {}):
-            path = Path(m["outputs"]["model"]["path"])
-            return str(path if path.is_absolute() else stage_dir / path)
-    return None
-
-
-def cmd_serve(args) -> None:
-    import ray
-
-    from rlhf.engine.launch import ensure_ray
-    from rlhf.serve.config import ServeConfig
-    from rlhf.serve.launch import free_port, start_service, stop_service, wait_healthy
-
-    model_dir, source = pipeline_reward_model(args.pipeline_dir), "the pipeline's rm stage"
-    if model_dir is None:
-        from rlhf.serve.random_rm import write_random_reward_model
-
-        model_dir, source = str(write_random_reward_model(args.work / "random-rm")), "random RM (no pipeline RM)"
-    cfg = ServeConfig(model_dir=model_dir, device="cpu" if args.dry_run else "cuda", port=free_port())
-    if args.dry_run:
-        save_part(args.parts, "serve", {"model": source, "device": cfg.device, "dry_run": True})
-        return
-    import httpx
-
-    ensure_ray()
-    url = start_service(cfg)
-    try:
-        wait_healthy(url)
-        gpus_free = ray.available_resources().get("GPU", 0.0)
-        pairs = [{"prompt": f"Name {i} colours.", "response": " ".join(["red", "green", "blue"][: 1 + i % 3])}
-                 for i in range(8)]
-        answer = httpx.post(f"{url}/score", json={"pairs": pairs}, timeout=120.0, trust_env=False)
-        scores = answer.json().get("scores", []) if answer.status_code == 200 else []
-    finally:
-        stop_service(cfg.app_name)
-    ok = answer.status_code == 200 and len(scores) == len(pairs) and all(math.isfinite(s) for s in scores)
-    total = ray.cluster_resources().get("GPU", 0.0)
-    save_part(args.parts, "serve", {"model": source, "status": answer.status_code, "scores": scores,
-                                    "replica_on_gpu": gpus_free < total, "ok": ok and gpus_free < total})
-    if not (ok and gpus_free < total):
-        raise SystemExit(f"[gpu] serve check failed: HTTP {answer.status_code}, {len(scores)} scores, "
-                         f"{total - gpus_free} GPU(s) held by the replica")
 
 
 def environment() -> dict:
@@ -365,33 +332,58 @@ def environment() -> dict:
 
 def cmd_report(args) -> None:
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(args.parts.glob("*.json"))}
-    report = {"environment": environment(), "target_mfu": 0.45, **parts}
+    report = {"environment": environment(), "targets": TARGETS, **parts}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    sft, gen, mm = parts.get("sft", {}), parts.get("generate", {}), parts.get("matmul", {})
+    print("\n".join(report_rows(report, args.failed)))
+    print(f"[gpu] report -> {args.out}")
 
+
+# Issue 19's targets, kept beside the report that checks them.
+TARGETS = {"static_tokens_per_s": 15000, "bound_share": 0.12, "generation_share_max": 0.5, "sft_mfu": 0.50,
+           "memory_within": 0.15, "serve_speedup": 8.0, "serve_p99_over_p50_max": 3.0}
+
+
+def report_rows(report: dict, failed: list[str]) -> list[str]:
     def fmt(value, spec: str) -> str:
-        return format(value, spec) if isinstance(value, (int, float)) else "-"
+        return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
+    mm, sm, sft = report.get("matmul", {}), report.get("sampling", {}), report.get("sft") or report.get("sft_hf", {})
+    ppo, mr, sv, pl = (report.get(k, {}) for k in ("ppo", "multirank", "serve", "pipeline"))
+    engines = {e.get("engine"): e for e in sm.get("engines", [])} if isinstance(sm.get("engines"), list) else \
+        sm.get("engines", {})
     rows = [("device", report["environment"]["device"]),
             ("bf16 matmul 8192^3 (TFLOP/s)", fmt(mm.get("bf16_matmul_tflops"), ".0f")),
-            (f"SFT {sft.get('model', '?')} tokens/s", fmt(sft.get("tokens_per_s"), ".0f")),
-            ("SFT MFU (PaLM 6N+12LHQT; target 0.45)", fmt(sft.get("mfu"), ".3f")),
-            ("SFT MFU (causal attention)", fmt(sft.get("mfu_causal"), ".3f")),
-            ("PPO generation tokens/s", fmt(gen.get("tokens_per_s"), ".0f")),
-            ("pipeline manifests complete", str(parts.get("pipeline", {}).get("all_complete", "-"))),
-            ("serve on GPU scored pairs", str(parts.get("serve", {}).get("ok", "-"))),
-            ("failed steps", ", ".join(args.failed) or "none")]
+            ("device copy rate (GB/s, read+write)", fmt(mm.get("copy_gb_per_s"), ".0f"))]
+    for name, e in engines.items():
+        rows.append((f"sampling {name} tokens/s (share of bound)",
+                     f"{fmt(e.get('tokens_per_s'), '.0f')} ({fmt(e.get('bound_share'), '.3f')})"))
+    rows += [(f"SFT {sft.get('model', '?')} {sft.get('kernels', '')} tokens/s", fmt(sft.get("tokens_per_s"), ".0f")),
+             ("SFT MFU (PaLM 6N+12LHQT; target 0.50)", fmt(sft.get("mfu"), ".3f")),
+             ("SFT peak GiB / plan (states+activations)",
+              f"{fmt(sft.get('gpu_mem_peak_gib'), '.1f')} / "
+              f"{fmt(sft.get('plan', {}).get('states_and_activations_gib'), '.1f')}"),
+             ("PPO iteration s (generation share)",
+              f"{fmt(ppo.get('phases', {}).get('iteration_s'), '.2f')} "
+              f"({fmt(ppo.get('phases', {}).get('generation_share'), '.2f')})"),
+             ("PPO peak / plan per role", ", ".join(f"{r} {v:.2f}" for r, v in ppo.get("measured_over_plan", {}).items())
+              or "-"),
+             ("multi-rank on one GPU (backend)", f"{mr.get('ok', '-')} ({mr.get('backend', '-')})"),
+             ("serve speedup at 64 clients (p99/p50)",
+              f"{fmt(sv.get('speedup'), '.1f')}x ({fmt(sv.get('p99_over_p50'), '.2f')})"),
+             ("pipeline manifests complete", str(pl.get("all_complete", "-"))),
+             ("failed steps", ", ".join(failed) or "none")]
     width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    print(f"[gpu] report -> {args.out}")
+    return [f"{k.ljust(width)}  {v}" for k, v in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    commands = {"matmul": cmd_matmul, "sft": cmd_sft, "generate": cmd_generate, "overrides": cmd_overrides,
-                "manifests": cmd_manifests, "serve": cmd_serve, "report": cmd_report}
+    from gpu_ppo import cmd_multirank, cmd_ppo
+
+    commands = {"matmul": cmd_matmul, "model": cmd_model, "sft": cmd_sft, "ppo": cmd_ppo, "multirank": cmd_multirank, "overrides": cmd_overrides,
+                "manifests": cmd_manifests, "report": cmd_report}
     for name in commands:
         p = sub.add_parser(name)
         p.add_argument("--parts", type=Path, default=Path("/tmp/rlhf-gpu-check/parts"), help="per-step JSON parts")
@@ -399,12 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: check configs and code paths")
     sub.choices["sft"].add_argument("--steps", type=int, default=12)
     sub.choices["sft"].add_argument("--micro", type=int, help="micro batch (default: by GPU memory)")
+    sub.choices["sft"].add_argument("--kernels", default="hf", choices=["hf", "liger"], help="model.kernels")
     sub.choices["sft"].add_argument("--seqs-per-step", type=int, default=16, help="sequences per optimizer step")
     sub.choices["overrides"].add_argument("pipeline")
     sub.choices["overrides"].add_argument("--gpus", type=int, default=1)
     sub.choices["manifests"].add_argument("dir", type=Path)
     sub.choices["manifests"].add_argument("--pipeline", required=True, help="shipped name or YAML: the stages to expect")
-    sub.choices["serve"].add_argument("--pipeline-dir", type=Path, help="serve its rm stage's model (else a random RM)")
     sub.choices["report"].add_argument("--out", type=Path, required=True)
     sub.choices["report"].add_argument("--failed", nargs="*", default=[])
     args = ap.parse_args(argv)

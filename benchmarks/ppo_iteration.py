@@ -1,12 +1,13 @@
 """Time one PPO iteration (rollout + scoring + training) for our PPO stage and for TRL 1.12's PPOTrainer.
 
-    unshare -n bash -c 'ip link set lo up; HF_HUB_OFFLINE=1 python benchmarks/ppo_iteration.py'
+    bash benchmarks/run.sh ppo_iteration     # the venvs first (network), then the benchmark in the namespace
 
 Both sides get the same tiny models (the embedded tiny LLaMA as policy and reference, a tiny
 LlamaForSequenceClassification as reward model and critic init), the same prompts (data/instructions.jsonl in the
 chat template), the same batch (16 prompts, 16 new tokens, 2 PPO epochs of 2 minibatches of 8) and the same CPU.
-TRL runs in its own venv (benchmarks/.venv-trl, created here on first use with torch 2.13.0, trl 1.12.0 and our
-transformers/accelerate/datasets versions) as ``trl.experimental.ppo.PPOTrainer``; an iteration is the time between
+TRL runs in its own venv (benchmarks/.venv-trl or $RLHF_TRL_VENV, made by ``--setup`` with torch 2.13.0, trl 1.12.0
+and our transformers/accelerate/datasets versions; benchmarks/run.sh runs that before entering the loopback-only
+namespace, where pip cannot reach a registry) as ``trl.experimental.ppo.PPOTrainer``; an iteration is the time between
 two ``on_step_end`` callbacks. Ours is ``time_iteration_s`` from metrics.jsonl. The first iteration of each is
 warm-up and dropped; the median of the rest is reported, with our phase split. Target: ours <= 0.5x TRL's.
 
@@ -27,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TRL_VENV = REPO / "benchmarks" / ".venv-trl"
+TRL_VENV = Path(os.environ.get("RLHF_TRL_VENV") or REPO / "benchmarks" / ".venv-trl")
 TRL_PACKAGES = ["torch==2.13.0", "trl==1.12.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0"]
 PHASES = ("time_generation_s", "time_scoring_s", "time_training_s", "time_weight_sync_s")
 
@@ -76,14 +77,20 @@ print("TRL_RESULT " + json.dumps({"iteration_s": times}))
 
 
 def ensure_trl_venv() -> Path:
-    """benchmarks/.venv-trl with TRL 1.12 (the last release with PPOTrainer); created once."""
+    """TRL_VENV with TRL 1.12 (the last release with PPOTrainer); created once. A failed install (no registry
+    inside the namespace, say) ends the program with one line saying what to run instead."""
     python = TRL_VENV / "bin" / "python"
     probe = [str(python), "-c", "import trl.experimental.ppo, trl; assert trl.__version__ == '1.12.0'"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     print(f"[bench] creating {TRL_VENV} ({' '.join(TRL_PACKAGES)})", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *TRL_PACKAGES], check=True)
+    for cmd in ([sys.executable, "-m", "venv", str(TRL_VENV)], [str(python), "-m", "pip", "install", "-q", *TRL_PACKAGES]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = next((x for x in reversed((proc.stderr or proc.stdout).splitlines()) if x.strip()), "no output")
+            sys.exit(f"[bench] error: could not set up {TRL_VENV} ({cmd[2]} {cmd[3]} failed: {last.strip()}); "
+                     "run `python benchmarks/ppo_iteration.py --setup` where the package registry is reachable "
+                     "(benchmarks/run.sh does), or pass --skip-trl")
     return python
 
 
@@ -178,7 +185,12 @@ def main() -> None:
     p.add_argument("--skip-trl", action="store_true", help="time ours only")
     p.add_argument("--skip-ours", action="store_true", help="time TRL only")
     p.add_argument("--json", default="benchmarks/results/ppo_iteration.json", help="write the results here")
+    p.add_argument("--setup", action="store_true", help="only make the TRL venv (needs the package registry)")
     args = p.parse_args()
+    if args.setup or not args.skip_trl:  # before the models are built: a missing venv fails in a second, not later
+        ensure_trl_venv()
+    if args.setup:
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         policy, rm = make_models(Path(tmp))

@@ -10,7 +10,7 @@ comparison is at equal precision.
 Every sequence is exactly 256 tokens (long rows truncated), so tokens/step is identical across the three.
 Prints a table and writes JSON.
 
-    bash cluster/netns.sh python benchmarks/sft_throughput.py [--steps 30] [--threads 2] [--precision fp32|amp_bf16]
+    bash benchmarks/run.sh sft_throughput [--steps 30] [--threads 2] [--precision fp32|amp_bf16]
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-# Sourced by cluster/run-local.sh and tests/run.sh: make (once) and activate the project's venv.
+# shellcheck shell=bash
+# Sourced by cluster/run-local.sh, cluster/start-local-head.sh, tests/run.sh and benchmarks/run.sh, before any of
+# them enters the loopback-only namespace: make (once) and activate the project's venv.
 # torch 2.13.0 (a CPU wheel where the machine has one) goes in first, where no torch is present, so the
 # project's torch range does not pull a multi-GB CUDA build on a CPU-only machine.
 set -euo pipefail
@@ -15,7 +17,7 @@ stamp="$VENV/.rlhf-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
   python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e "$ROOT[test]"
+  python -m pip install -q -e "${ROOT}[test]"
   touch "$stamp"
 fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"

@@ -10,9 +10,9 @@
 # extra arguments go to `ray start` (e.g. --block to keep it in the foreground).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -z "${VIRTUAL_ENV:-}" && -f "$repo/.venv/bin/activate" ]]; then
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   # shellcheck disable=SC1091
-  . "$repo/.venv/bin/activate"
+  . "$repo/cluster/env.sh"  # the project's venv, created and installed on first use (a fresh clone has none)
 fi
 export RAY_AUTH_MODE=token
 ray get-auth-token --generate >/dev/null

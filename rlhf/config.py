@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from rlhf.errors import UserError
 from rlhf.paths import resolve_path
@@ -25,14 +26,20 @@ class Section(BaseModel):
 C = TypeVar("C", bound=Section)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=3`` -> (["a", "b"], 3). The value is read as a YAML scalar/flow value, so types come out right."""
+def split_override(item: str) -> tuple[list[str], str]:
+    """``a.b=3`` -> (["a", "b"], "3"): the key path and the value exactly as typed."""
     if "=" not in item:
         raise UserError(f"override {item!r}: expected key.sub=value")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise UserError(f"override {item!r}: empty key")
+    return parts, raw
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=3`` -> (["a", "b"], 3). The value is read as a YAML scalar/flow value, so types come out right."""
+    parts, raw = split_override(item)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -40,10 +47,43 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set each ``key.sub=value`` into a nested dict (creating sections as needed)."""
+def field_at(cls: type[Section], parts: list[str]) -> FieldInfo | None:
+    """The field a dotted key names in ``cls`` (descending through sections), or None if it names none."""
+    field = None
+    for i, part in enumerate(parts):
+        if cls is None or part not in cls.model_fields:
+            return None
+        field = cls.model_fields[part]
+        cls = _section_class(field.annotation) if i < len(parts) - 1 else None
+    return field
+
+
+def _accepts(field: FieldInfo, value: Any) -> bool:
+    try:
+        kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        TypeAdapter(kind).validate_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
+
+
+def typed_override(cls: type[Section] | None, item: str) -> tuple[list[str], Any]:
+    """Like parse_override, but a value the key's type names is taken as written: ``oracle=off`` is the Literal
+    member "off" (YAML would say False), ``name=3`` is the string "3" for a str field. YAML's reading wins
+    whenever the field accepts it (or the key is unknown here: check_keys reports that later)."""
+    parts, value = parse_override(item)
+    _, raw = split_override(item)
+    field = field_at(cls, parts) if cls is not None else None
+    if field is not None and value != raw and not _accepts(field, value) and _accepts(field, raw):
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str], cls: type[Section] | None = None) -> dict:
+    """Set each ``key.sub=value`` into a nested dict (creating sections as needed); ``cls`` types the values
+    (see typed_override)."""
     for item in overrides:
-        parts, value = parse_override(item)
+        parts, value = typed_override(cls, item)
         node = data
         for part in parts[:-1]:
             child = node.get(part)
@@ -115,7 +155,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
     """Config = YAML file (optional) + overrides, validated by ``cls``."""
     data = read_yaml(path) if path is not None else {}
-    apply_overrides(data, list(overrides or []))
+    apply_overrides(data, list(overrides or []), cls)
     return validate(cls, data, where=str(path) if path is not None else "config")
 
 

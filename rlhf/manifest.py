@@ -109,9 +109,16 @@ class StageRun:
         }
 
     def __enter__(self) -> "StageRun":
+        from rlhf.trackers import Trackers
+
         self.out.mkdir(parents=True, exist_ok=True)
         self.manifest = self._base("running")
         write_json_atomic(self.out / MANIFEST, self.manifest)
+        self.trackers = Trackers(self.stage, self.out, self.manifest["config"], getattr(self.config, "logging", None))
+        if self.trackers.backends:  # the resolved config as a file, for the trackers' artifacts
+            import yaml
+
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.manifest["config"], sort_keys=False))
         return self
 
     def complete(self, metrics: dict[str, Any], outputs: dict[str, str | Path], extra: dict | None = None) -> dict:
@@ -133,3 +140,4 @@ class StageRun:
             m["error"] = f"{exc_type.__name__}: {exc}"[:2000]
             m["finished_at"] = now_iso()
             write_json_atomic(self.out / MANIFEST, m)
+        self.trackers.close(ok=exc_type is None, files=[self.out / "config.yaml", self.out / MANIFEST])

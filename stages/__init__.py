@@ -14,6 +14,7 @@ STAGES = {
     "collect": "stages.collect",
     "sft": "stages.sft",
     "rm": "stages.rm",
+    "dpo": "stages.dpo",
     "ppo": "stages.ppo",
     "eval": "stages.eval",
 }

@@ -24,11 +24,16 @@ from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
+from rlhf.models.kernels import apply_kernels
 from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
-from rlhf.sections import DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.sections import (
+    DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection, read_source,
+)
+from rlhf.trackers import LoggingSection
 
 
 class Config(Section):
@@ -41,6 +46,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Ray workers")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def right_pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -59,9 +65,11 @@ class SFTTask:
     pad_id: int
     gradient_checkpointing: bool = False
     lora: LoraSection | None = None
+    kernels: str = "hf"
 
     def build_model(self) -> torch.nn.Module:
-        return prepare_for_training(load_causal_lm(self.model_path), self.lora, self.gradient_checkpointing)
+        model = apply_kernels(load_causal_lm(self.model_path), self.kernels)
+        return prepare_for_training(model, self.lora, self.gradient_checkpointing)
 
     def examples(self, split: str) -> list[dict]:
         return load_examples(self.out, split)
@@ -92,25 +100,32 @@ class SFTTask:
         save_hf_dir(engine.module, state_dict, load_tokenizer(self.tokenizer_path), out_dir)
 
 
-def encode_rows(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Rows -> (train, eval) examples with loss masks. Every row is validated here, on the driver."""
+def encode_rows(cfg: Config, tokenizer) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """Rows -> (train, eval) examples with loss masks, and drop counts by reason (train and eval together).
+    Every row is validated here, on the driver."""
     d = cfg.data
-    rows = read_rows(d.path, d.split)[: d.limit]
+    rows = read_source(d)[: d.limit]
     if d.eval_path:
         train_rows, eval_rows = rows, read_rows(d.eval_path)
     else:
         train_rows, eval_rows = split_eval(rows, d.eval_fraction, cfg.train.seed)
+    dropped: dict[str, int] = {}
 
     def encode(rs):
         out = [encode_conversation(to_messages(r, d.format), d.template, tokenizer, d.max_length) for r in rs]
-        return [e for e in out if any(label != IGNORE_INDEX for label in e["labels"])]
+        kept = [e for e in out if any(label != IGNORE_INDEX for label in e["labels"])]
+        if len(kept) < len(out):  # cut to max_length before any assistant token: nothing left to learn from
+            reason = "no_response_within_max_length"
+            dropped[reason] = dropped.get(reason, 0) + len(out) - len(kept)
+        return kept
 
     train, evals = encode(train_rows), encode(eval_rows)
     if not train:
-        raise UserError(f"{d.path}: no training examples with a response inside max_length={d.max_length}")
+        raise UserError(f"{d.path}: no training examples with a response inside max_length={d.max_length} "
+                        f"(dropped: {dropped or 'none'})")
     if d.packing:
         train, evals = pack(train, d.max_length), pack(evals, d.max_length)
-    return train, evals
+    return train, evals, dropped
 
 
 def summarize(out: Path, result_eval: dict) -> dict:
@@ -127,17 +142,21 @@ def summarize(out: Path, result_eval: dict) -> dict:
 
 def run(cfg: Config, out: str | Path) -> dict:
     out = Path(out)
+    memory_check("sft", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     model_path = resolve_model_path(cfg.model.path, cfg.model.tokenizer)
     tokenizer_path = cfg.model.tokenizer or model_path
     with StageRun("sft", out, cfg, inputs={"model": model_path, "data": cfg.data.path}) as stage:
         tokenizer = load_tokenizer(tokenizer_path)
-        train, evals = encode_rows(cfg, tokenizer)
+        train, evals, dropped = encode_rows(cfg, tokenizer)
         save_examples(out, "train", train)
         save_examples(out, "eval", evals)
         task = SFTTask(model_path, tokenizer_path, str(out.resolve()), tokenizer.pad_token_id,
-                       cfg.model.gradient_checkpointing, cfg.lora)
-        result = run_supervised("sft", task, cfg, out, len(train), len(evals), "examples")
+                       cfg.model.gradient_checkpointing, cfg.lora, cfg.model.kernels)
+        unit = "blocks" if cfg.data.packing else "examples"
+        result = run_supervised("sft", task, cfg, out, len(train), len(evals), unit, f" (dropped: {dropped or 'none'})")
         metrics = summarize(out, result.get("eval", {}))
-        manifest = stage.complete(metrics, outputs={"model": out / "model", "metrics": out / "metrics.jsonl"})
+        data = {f"train_{unit}": len(train), f"eval_{unit}": len(evals), "dropped": dropped}
+        manifest = stage.complete(metrics, outputs={"model": out / "model", "metrics": out / "metrics.jsonl"},
+                                  extra={"data": data})
     print(f"[rlhf] sft done: model -> {out / 'model'}", flush=True)
     return manifest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlhf.ppo.reward_functions import count_occurrences
+from rlhf.reward.functions import count_occurrences
 
 _calls = {"n": 0}
 

@@ -35,7 +35,7 @@ def sft_examples(data_path: Path, fmt: str, template: str) -> list[dict]:
     """The examples the SFT stage would train on, built by its own encoder."""
     cfg = validate(sft.Config, {"data": {"path": str(data_path), "format": fmt, "template": template,
                                          "max_length": 256, "eval_fraction": 0.0}}, "test")
-    train, _ = sft.encode_rows(cfg, load_tokenizer(EMBEDDED_TOKENIZER))
+    train, _, _ = sft.encode_rows(cfg, load_tokenizer(EMBEDDED_TOKENIZER))
     return train
 
 

@@ -28,6 +28,21 @@ def test_parse_override_types():
         parse_override("novalue")
 
 
+def test_override_value_the_key_type_names_is_taken_as_written():
+    """YAML reads `off` as False and `3` as an int; a Literal or str field gets the text the user typed."""
+    from stages.eval import Config as EvalConfig
+
+    base = ["policy=embedded:tiny-llama", "prompts=data/prompts.jsonl"]
+    assert load_config(EvalConfig, None, [*base, "oracle=off"]).oracle == "off"
+    assert load_config(EvalConfig, None, [*base, "policy_name=3"]).policy_name == "3"
+    assert load_config(EvalConfig, None, [*base, "limit=3"]).limit == 3  # YAML's reading when the field takes it
+    assert load_config(EvalConfig, None, [*base, "kl.temperature=2"]).kl.temperature == 2.0
+    with pytest.raises(UserError, match=r"key 'oracle'.*\(got 'maybe'\)"):
+        load_config(EvalConfig, None, [*base, "oracle=maybe"])
+    with pytest.raises(UserError, match=r"key 'batch_size'.*\(got 'many'\)"):
+        load_config(EvalConfig, None, [*base, "batch_size=many"])
+
+
 def test_apply_overrides_creates_sections():
     data = apply_overrides({"a": {"b": 1}}, ["a.c=2", "d.e.f=x"])
     assert data == {"a": {"b": 1, "c": 2}, "d": {"e": {"f": "x"}}}

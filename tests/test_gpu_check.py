@@ -54,11 +54,14 @@ def test_gpu_overrides_put_stages_on_the_gpu_and_ppo_only_where_its_bundles_fit(
     for stage in ("sft", "rm"):
         assert f"{names[stage]}.resources.use_gpu=true" in one
         assert f"{names[stage]}.deepspeed.precision=bf16" in one
-    assert f"{names['ppo']}.resources.use_gpu=false" in one and len(notes) == 1
+    # PPO's four bundles (actor, ref, critic, reward) share the one GPU, a quarter each.
+    assert f"{names['ppo']}.resources.use_gpu=true" in one and f"{names['ppo']}.resources.gpus_per_bundle=0.25" in one
+    assert len(notes) == 1
     assert f"{names['ppo']}.loop.iterations={gpu_bench.MAX_ITERATIONS}" in one
     assert f"{names['sft']}.train.max_steps={gpu_bench.MAX_STEPS}" in one  # rlhf.yaml's SFT runs 1500 steps
     four, notes = gpu_bench.gpu_overrides(pipeline, gpus=4)  # actor, ref, critic, reward: one bundle each
     assert f"{names['ppo']}.resources.use_gpu=true" in four and notes == []
+    assert not any("gpus_per_bundle" in o for o in four)
     validate_stages(load_pipeline(find_pipeline("rlhf"), one))  # every override names a real key
 
 
@@ -80,9 +83,27 @@ def test_dry_run_validates_and_exits_zero(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert report["matmul"]["n"] == 256
-    assert report["sft"]["dry_run"] and report["sft"]["zero_stage"] == 2
-    assert report["generate"]["tokens"] > 0
+    assert report["matmul"]["n"] == 256 and report["matmul"]["copy_gb_per_s"] > 0
+    for name in ("sft", "sft_hf"):  # both kernel choices' configs and plans are built; the dry run trains nothing
+        assert report[name]["dry_run"] and report[name]["zero_stage"] == 2
+        assert report[name]["plan"]["verdict"] == "fits"
+    assert report["sampling"]
+    assert report["ppo"]["dry_run"] and set(report["ppo"]["plan"]["roles"]) == {"actor", "critic", "ref", "reward"}
+    assert report["multirank"]["dry_run"] and report["multirank"]["ppo_actor_workers"] == 2
     assert "sft.resources.use_gpu=true" in report["pipeline_overrides"]["overrides"]
-    assert report["serve"]["dry_run"]
     assert not (tmp_path / "pipeline").exists()  # a dry run trains nothing
+    assert "gpu_check.json" in done.stdout or "report" in done.stdout
+
+
+def test_report_rows_name_every_measure():
+    report = {"environment": {"device": "NVIDIA H200"}, "matmul": {"bf16_matmul_tflops": 780.0, "copy_gb_per_s": 4300},
+              "sampling": {"engines": {"static": {"tokens_per_s": 20000.0, "bound_share": 0.2}}},
+              "sft": {"model": "llama-1b", "kernels": "liger", "tokens_per_s": 50000.0, "mfu": 0.5,
+                      "gpu_mem_peak_gib": 40.0, "plan": {"states_and_activations_gib": 42.0}},
+              "ppo": {"phases": {"iteration_s": 3.0, "generation_share": 0.4}, "measured_over_plan": {"actor": 0.9}},
+              "multirank": {"ok": True, "backend": "gloo"}, "serve": {"speedup": 9.0, "p99_over_p50": 1.5},
+              "pipeline": {"all_complete": True}}
+    text = "\n".join(gpu_bench.report_rows(report, []))
+    for expected in ("780", "4300", "20000 (0.200)", "0.500", "40.0 / 42.0", "3.00 (0.40)", "actor 0.90",
+                     "True (gloo)", "9.0x (1.50)", "failed steps"):
+        assert expected in text, expected

@@ -115,7 +115,7 @@ def test_lora_sft_run_saves_a_merged_model(tmp_path, base_path, process_group):
     tok = load_tokenizer(base_path)
     cfg = sft.Config.model_validate({"data": {"path": "data/instructions.jsonl", "format": "alpaca", "limit": 40,
                                               "eval_fraction": 0.2, "max_length": 96}, "lora": LORA.model_dump()})
-    train, evals = sft.encode_rows(cfg, tok)
+    train, evals, _ = sft.encode_rows(cfg, tok)
     save_examples(tmp_path, "train", train)
     save_examples(tmp_path, "eval", evals)
     task = sft.SFTTask(base_path, base_path, str(tmp_path), tok.pad_token_id, lora=cfg.lora)

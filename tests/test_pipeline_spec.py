@@ -78,6 +78,8 @@ def test_stage_overrides_land_in_that_stage_only(tmp_path):
     assert pipe.stage("b").config["optim"] == {"lr": 0.5}
     assert pipe.stage("b").config["train"] == {"max_steps": 3}
     assert "optim" not in pipe.stage("a").config
+    # A value the key's type names is kept as typed (a str field, not YAML's int).
+    assert load_pipeline(path, ["a.data.template=chat", "a.data.path=1"]).stage("a").config["data"]["path"] == "1"
     with pytest.raises(UserError, match="no stage named 'c'"):
         load_pipeline(path, ["c.optim.lr=1"])
     with pytest.raises(UserError, match="expected STAGE.key.sub=value"):

@@ -61,7 +61,7 @@ def algo(**kw) -> AlgorithmSection:
 
 
 def reward(**kw) -> RewardSection:
-    return RewardSection(function="rlhf.ppo.reward_functions:count_occurrences", **kw)
+    return RewardSection(function="rlhf.reward.functions:count_occurrences", **kw)
 
 
 LOGP = t([[-1.0, -2.0, 99.0], [-0.5, -1.0, -1.5]])  # 99 / -50 / 77 sit after row 0's EOS: must not matter
@@ -188,6 +188,11 @@ def test_placement_plan_with_and_without_colocation() -> None:
     bundles, slots = plan(res, use_gpu=True)
     assert bundles == [{"CPU": 2.0, "GPU": 1.0}] * 3
     assert slots["critic"] == [Slot(2, 1.0, 0.5)] and slots["reward"] == [Slot(2, 1.0, 0.5)]
+    # A critic-free estimator: no critic slots or bundles; the reward workers get whole bundles even if the
+    # config asks to colocate them with the (absent) critic.
+    bundles, slots = plan(PPOResourcesSection(colocate_critic_reward=True), use_gpu=False, with_critic=False)
+    assert bundles == [{"CPU": 1.0}] * 3 and "critic" not in slots  # actor, ref, reward
+    assert slots["reward"] == [Slot(2, 1.0, 0.0)]
     with pytest.raises(UserError, match="colocate_actor_ref"):
         validate(PPOResourcesSection, {"actor_workers": 2, "colocate_actor_ref": True}, "t.yaml")
 
@@ -198,11 +203,45 @@ def test_stage_config_checks() -> None:
     base = {"prompts": {"path": "data/instructions.jsonl"}, "reward": {"function": "m:f"}}
     cfg = validate(ppo.Config, base, "t.yaml")
     ppo.check_batch_arithmetic(cfg)  # 16 prompts, minibatch 8, one worker each
-    with pytest.raises(UserError, match="exactly one"):
-        validate(ppo.Config, {**base, "reward": {"function": "m:f", "url": "http://x/score"}}, "t.yaml")
+    with pytest.raises(UserError, match="at least one"):
+        validate(ppo.Config, {**base, "reward": {}}, "t.yaml")
+    both = validate(ppo.Config, {**base, "reward": {"function": "m:f", "url": "http://x/score",
+                                                      "weights": {"url": 0.5}}}, "t.yaml")
+    assert both.reward.sources() == ["url", "function"]
+    with pytest.raises(UserError, match="not set"):
+        validate(ppo.Config, {**base, "reward": {"function": "m:f", "weights": {"model": 1.0}}}, "t.yaml")
+    with pytest.raises(UserError, match="samples_per_prompt >= 2"):
+        ppo.check_batch_arithmetic(validate(ppo.Config, {**base, "algorithm": {"estimator": "grpo"}}, "t.yaml"))
+    group = validate(ppo.Config, {**base, "algorithm": {"estimator": "rloo", "mini_batch_size": 12},
+                                  "rollout": {"prompts_per_iteration": 6, "samples_per_prompt": 4},
+                                  "resources": {"critic_workers": 5}}, "t.yaml")
+    ppo.check_batch_arithmetic(group)  # 24 rows, minibatch 12; no critic, so critic_workers=5 does not matter
+    with pytest.raises(UserError, match="x samples_per_prompt = 24 must be a multiple of algorithm.mini_batch_size=16"):
+        ppo.check_batch_arithmetic(group.model_copy(update={"algorithm": group.algorithm.model_copy(
+            update={"mini_batch_size": 16})}))
+    with pytest.raises(UserError, match="eval.every needs eval.prompts"):
+        validate(ppo.Config, {**base, "eval": {"every": 5}}, "t.yaml")
+    with pytest.raises(UserError, match="needs eval.function"):
+        validate(ppo.Config, {**base, "eval": {"every": 5, "prompts": "p.jsonl", "keep_best": "eval_function"}},
+                 "t.yaml")
     bad = validate(ppo.Config, {**base, "algorithm": {"mini_batch_size": 6}}, "t.yaml")
     with pytest.raises(UserError, match="mini_batch_size"):
         ppo.check_batch_arithmetic(bad)
     bad = validate(ppo.Config, {**base, "resources": {"actor_workers": 3}}, "t.yaml")
     with pytest.raises(UserError, match="actor_workers"):
         ppo.check_batch_arithmetic(bad)
+    bad = validate(ppo.Config, {**base, "algorithm": {"micro_batch_size": 3}}, "t.yaml")
+    with pytest.raises(UserError, match="micro_batch_size=3"):  # 8 rows per worker
+        ppo.check_batch_arithmetic(bad)
+    ppo.check_batch_arithmetic(validate(ppo.Config, {**base, "algorithm": {"micro_batch_size": 2}}, "t.yaml"))
+
+
+def test_fractional_gpu_bundles_and_backend() -> None:
+    from rlhf.engine.collectives import resolve_backend
+
+    res = PPOResourcesSection(actor_workers=2, gpus_per_bundle=0.5)
+    bundles, slots = plan(res, use_gpu=True)
+    assert bundles[:2] == [{"CPU": 1.0, "GPU": 0.5}] * 2 and slots["actor"] == [Slot(0, 1.0, 0.5), Slot(1, 1.0, 0.5)]
+    assert resolve_backend("auto", on_gpu=True, gpus_per_worker=1.0) == "nccl"
+    assert resolve_backend("auto", on_gpu=True, gpus_per_worker=0.5) == "gloo"  # NCCL refuses 2 ranks on one GPU
+    assert resolve_backend("nccl", on_gpu=False) == "gloo"

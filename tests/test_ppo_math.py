@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf.ppo.advantages import gae
+from rlhf.ppo.estimators import gae
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf.ppo.losses import entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
 from rlhf.ppo.masking import masked_mean, masked_sum, masked_var, masked_whiten, response_mask

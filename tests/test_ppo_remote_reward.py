@@ -11,7 +11,7 @@ import pytest
 
 from rlhf.errors import UserError
 from rlhf.ppo.remote_reward import RemoteReward, RemoteRewardError, detect_protocol
-from rlhf.ppo.reward_functions import count_occurrences, load_reward_function
+from rlhf.reward.functions import count_occurrences, load_reward_function
 
 
 class Scorer(BaseHTTPRequestHandler):
@@ -107,12 +107,12 @@ def test_count_occurrences_and_loader() -> None:
     assert count_occurrences(["p", "q"], ["eee e", "xyz"], target="e") == [4.0, 0.0]
     assert count_occurrences(["p"], ["eeee"], target="ee") == [2.0]
     assert count_occurrences(["p"], ["eeee"], per_response_cap=3) == [3.0]
-    fn = load_reward_function("rlhf.ppo.reward_functions:count_occurrences")
+    fn = load_reward_function("rlhf.reward.functions:count_occurrences")
     assert fn is count_occurrences
     with pytest.raises(UserError, match="cannot import"):
         load_reward_function("no_such_module_xyz:f")
     with pytest.raises(UserError, match="no callable 'nope'"):
-        load_reward_function("rlhf.ppo.reward_functions:nope")
+        load_reward_function("rlhf.reward.functions:nope")
 
 
 def test_loopback_service_bypasses_a_proxy_from_the_environment(server, monkeypatch) -> None:

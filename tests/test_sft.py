@@ -43,6 +43,7 @@ def test_sft_two_workers_loss_falls_and_checkpoint_loads(tmp_path, zero_stage, p
     assert any("eval_loss" in r for r in rows)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert manifest["config"]["deepspeed"]["zero_stage"] == zero_stage
+    assert manifest["data"]["dropped"] == {} and manifest["data"]["train_examples"] > 0
     assert {"started_at", "finished_at", "versions"} <= manifest.keys()
     assert "GENERATED" in load_and_generate_plain(out / "model")
     if precision == "amp_bf16":  # autocast computes in bf16 but the weights (and so the checkpoint) stay fp32

@@ -139,3 +139,24 @@ def test_pack_greedy_blocks_and_separates_examples() -> None:
     assert a["labels"] == [-100, 2, 3] and b["labels"] == [4, 5]  # inputs untouched
     with pytest.raises(UserError):
         pack([a], max_length=0)
+
+
+def test_sft_counts_examples_cut_before_any_response(tmp_path, tokenizer):
+    """A conversation cut to max_length before its first assistant token is dropped, and counted by reason."""
+    import json
+
+    from rlhf.config import validate
+    from stages import sft
+
+    rows = [{"instruction": "Say hi.", "input": "", "output": "Hi."},
+            {"instruction": "Repeat: " + "word " * 200, "input": "", "output": "word"},
+            {"instruction": "Say yes.", "input": "", "output": "Yes."}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = validate(sft.Config, {"data": {"path": str(path), "format": "alpaca", "max_length": 64,
+                                         "eval_fraction": 0.0}}, "test")
+    train, evals, dropped = sft.encode_rows(cfg, tokenizer)
+    assert (len(train), len(evals), dropped) == (2, 0, {"no_response_within_max_length": 1})
+    cfg.data.max_length = 4  # nothing left: the one-line error says what was dropped
+    with pytest.raises(UserError, match=r"no training examples .*dropped: \{'no_response_within_max_length': 3\}"):
+        sft.encode_rows(cfg, tokenizer)

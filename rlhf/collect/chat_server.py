@@ -29,10 +29,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from transformers import AutoModelForCausalLM
 
 from rlhf.errors import UserError
 from rlhf.sampling import SamplingParams, sample
+from rlhf.models.loading import load_for_inference
 from rlhf.models.tokenizer import load_tokenizer
 
 
@@ -71,7 +71,7 @@ class LocalChatModel:
         self.tokenizer = load_tokenizer(str(model_dir))
         if not self.tokenizer.chat_template:
             raise UserError(f"{model_dir}: the tokenizer has no chat_template")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.model = load_for_inference(str(model_dir), "causal_lm", "auto", "auto")
         # One generate() at a time: requests arrive on several threads but the model is not meant to be shared.
         self._lock = threading.Lock()
 

@@ -29,6 +29,7 @@ from rlhf.collect.teachers import ActorsSection, GenerationPool, decode
 from rlhf.config import Section
 from rlhf.data.formats import to_prompt_messages
 from rlhf.data.io import Row, read_rows
+from rlhf.sections import Source, read_source
 from rlhf.errors import UserError
 from rlhf.sampling.config import SamplingParams
 
@@ -50,7 +51,8 @@ class SamplingSection(Section):
 
 
 class PreferencesSection(Section):
-    prompts: str | None = Field(None, description="prompt rows (alpaca, sharegpt, messages or prompt records)")
+    prompts: Source | None = Field(
+        None, description="prompt rows (alpaca, sharegpt, messages or prompt records): a path or {path, config, split}")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="prompt record format; auto detects by keys"
     )
@@ -139,7 +141,7 @@ def judge_samples(section: PreferencesSection, rows: list[Row]) -> PreferenceRes
 def read_labels(section: PreferencesSection) -> PreferenceResult:
     """Comparisons labeled by people: rows with the prompt's fields, ``output_1``, ``output_2`` and ``preference``
     (1 or 2 for the better output, 0 for a tie, null for not yet labeled), AlpacaFarm's human-preference layout."""
-    rows = read_rows(section.judge.path)[: section.limit]
+    rows = read_rows(section.judge.path, section.judge.split, section.judge.config)[: section.limit]
     result = PreferenceResult(records=[], drops=Counter(), prompts=len(rows))
     for row in rows:
         data = row.data
@@ -167,5 +169,5 @@ def collect_preferences(section: PreferencesSection) -> PreferenceResult:
     """Sample and judge, or read people's labels (``judge.kind: labels``)."""
     if section.judge.kind == "labels":
         return read_labels(section)
-    rows = read_rows(section.prompts)[: section.limit]
+    rows = read_source(section.prompts)[: section.limit]
     return judge_samples(section, rows)

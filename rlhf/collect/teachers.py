@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
+from rlhf.models.loading import INFERENCE_PRECISION_HELP, InferencePrecision
 from rlhf.sampling.config import GenerationSection, SamplingParams
 
 
@@ -25,6 +26,7 @@ class ActorsSection(Section):
     num_actors: int = Field(1, ge=1, description="Ray actors sampling in parallel, each holding one model copy")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs Ray reserves per actor (also its torch threads)")
     use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per actor; auto = if the cluster has GPUs")
+    precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
     batch_size: int = Field(16, ge=1, description="sequences per generate() call inside an actor")
     generation: GenerationSection = Field(default_factory=GenerationSection,
                                           description="sampling engine and token budget (rlhf.sampling)")
@@ -86,18 +88,16 @@ class Teacher(Protocol):
 class _GenerationWorker:
     """One Ray actor: a causal LM on its own device, sampling batches of token-id prompts."""
 
-    def __init__(self, model_path: str, threads: int) -> None:
+    def __init__(self, model_path: str, threads: int, precision: str = "auto") -> None:
         import os
 
         import torch
 
-        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.loading import load_for_inference
 
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
-        self.model = load_causal_lm(model_path)
-        if torch.cuda.is_available():
-            self.model = self.model.cuda()
+        self.model = load_for_inference(model_path, "causal_lm", precision, "auto")
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,
                  batch_size: int, seed: int, generation: GenerationSection) -> tuple[list[list[int]], int]:
@@ -123,7 +123,7 @@ class GenerationPool:
         use_gpu = cluster_has_gpus() if actors.use_gpu == "auto" else bool(actors.use_gpu)
         remote = ray.remote(num_cpus=actors.cpus_per_actor, num_gpus=1 if use_gpu else 0)(_GenerationWorker)
         threads = max(1, int(actors.cpus_per_actor))
-        self.workers = [remote.remote(model_path, threads) for _ in range(actors.num_actors)]
+        self.workers = [remote.remote(model_path, threads, actors.precision) for _ in range(actors.num_actors)]
         self.eos_id, self.pad_id, self.batch_size, self.generation = eos_id, pad_id, actors.batch_size, actors.generation
         self.truncated = 0  # prompts cut to the model's context, over all calls
 

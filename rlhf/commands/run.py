@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rlhf.errors import UserError
 
@@ -24,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every stage after it")
     p.add_argument("--check", action="store_true", help="validate the pipeline and its stage configs; run nothing")
     p.add_argument("--list", action="store_true", help="list the shipped pipelines")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Ray's, DeepSpeed's and torch's messages too (default: only in OUT/rlhf.log)")
     p.add_argument("overrides", nargs="*", help="STAGE.key.sub=value overrides, e.g. rm.optim.lr=1e-4")
     p.set_defaults(func=main)
 
@@ -46,6 +49,7 @@ def list_pipelines() -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rlhf.console import quiet_console
     from rlhf.pipeline.runner import StageFailed, run_pipeline
     from rlhf.pipeline.shipped import find_pipeline
     from rlhf.pipeline.spec import load_pipeline, validate_stages
@@ -61,9 +65,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"[rlhf] {pipeline.source}: valid; stages {' -> '.join(pipeline.names())}{note}")
         return 0
     out = args.out or f"runs/{pipeline.name}"
-    try:
-        run_pipeline(pipeline, out, from_stage=args.from_stage)
-    except StageFailed as err:
-        print(f"rlhf: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err.cause, UserError) else 1
+    with quiet_console(Path(out), args.verbose) as log:
+        try:
+            run_pipeline(pipeline, out, from_stage=args.from_stage)
+        except StageFailed as err:
+            where = f" (traceback and library messages: {log})" if log and not isinstance(err.cause, UserError) else ""
+            print(f"rlhf: error: {err}{where}", file=sys.stderr)
+            return 2 if isinstance(err.cause, UserError) else 1
     return 0

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """YAML (optional), then key=value overrides, then flags (typed by argparse, never re-parsed as YAML)."""
     data = read_yaml(args.config) if args.config else {}
-    apply_overrides(data, list(args.overrides or []))
+    apply_overrides(data, list(args.overrides or []), ServeConfig)
     data["model_dir"] = args.model_dir
     data.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
     return validate(ServeConfig, data, where=args.config or "rlhf serve")

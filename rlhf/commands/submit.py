@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from rlhf.paths import REPO_ROOT
+from rlhf.paths import IN_CHECKOUT, REPO_ROOT
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--follow", "-f", action="store_true", help="stream the job's log until it ends")
     p.add_argument("--pip", action="store_true", help="install the project's dependencies in the job's environment")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable for the job")
-    p.add_argument("--working-dir", default=str(REPO_ROOT), help="directory uploaded as the job's working dir")
+    p.add_argument("--working-dir", default=str(REPO_ROOT) if IN_CHECKOUT else ".",
+                   help="directory uploaded as the job's working dir [the checkout, or the cwd when installed]")
     p.add_argument("--job-id", help="submission id to use (default: Ray picks one)")
     p.add_argument("overrides", nargs="*", help="STAGE.key.sub=value overrides, e.g. rm.optim.lr=1e-4")
     p.set_defaults(func=main)

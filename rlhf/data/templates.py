@@ -72,6 +72,13 @@ def encode_prompt_response(messages: list[Message], response: str, template: str
     loses tokens from its left (bos kept); if the response alone still does not fit, it is cut at its
     end and its final token (the eos) is kept last.
     """
+    return encode_prompt_response_split(messages, response, template, tokenizer, max_length)[0]
+
+
+def encode_prompt_response_split(messages: list[Message], response: str, template: str, tokenizer: Any,
+                                 max_length: int) -> tuple[list[int], int]:
+    """``(encode_prompt_response's ids, how many of them, at the end, are the response's)``: the mask DPO's
+    sequence log-probs sum over (the response and its eos; never a prompt token)."""
     _check_max_length(max_length)
     _require_last_user(messages)
     prompt = encode_prompt(messages, template, tokenizer)
@@ -81,16 +88,16 @@ def encode_prompt_response(messages: list[Message], response: str, template: str
     full, _ = _encode_pieces(pieces, tokenizer)
     answer = full[len(prompt):]
     if len(full) <= max_length:
-        return full
+        return full, len(answer)
     head = prompt[:1] if prompt and prompt[0] == tokenizer.bos_token_id else []
     body = prompt[len(head):]
     room = max_length - len(head) - len(answer)
     if room >= 0:
-        return head + (body[len(body) - room:] if room else []) + answer
+        return head + (body[len(body) - room:] if room else []) + answer, len(answer)
     room = max_length - len(head) - 1
     if room < 0:
-        return answer[-max_length:]
-    return head + answer[:room] + answer[-1:]
+        return answer[-max_length:], max_length
+    return head + answer[:room] + answer[-1:], room + 1
 
 
 def render_text(messages: list[Message], template: str, tokenizer: Any = None) -> str:

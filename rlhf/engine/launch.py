@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rlhf.engine.collectives import resolve_backend
 from rlhf.errors import UserError
 from rlhf.metrics import read_metrics
 from rlhf.sections import ResourcesSection
@@ -70,9 +71,12 @@ class Progress:
     def _run(self) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+        from rlhf.console import terminal
+
+        bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, mininterval=1.0, file=terminal())
         shown = 0
-        while not self._stop.wait(1.0):
+        while True:
+            stopping = self._stop.wait(1.0)  # one more look after the stop, so the bar ends at the last step
             rows = [r for r in read_metrics(self.out) if "loss" in r or "reward_mean" in r]
             if rows:
                 last = rows[-1]
@@ -81,6 +85,8 @@ class Progress:
                     bar.update(step - shown)
                     shown = step
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "reward_mean", "tokens_per_s")})
+            if stopping:
+                break
         bar.close()
 
     def __enter__(self) -> "Progress":
@@ -128,9 +134,10 @@ def run_workers(
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": resources.cpus_per_worker,
+                                  **({"GPU": resources.gpus_per_worker} if use_gpu else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=resolve_backend(resources.backend, use_gpu, resources.gpus_per_worker)),
         run_config=RunConfig(
             name=f"{name}-{int(time.time())}",
             storage_path=str((out / "ray").resolve()),

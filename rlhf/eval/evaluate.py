@@ -54,9 +54,9 @@ def evaluate(cfg, rows: list[dict], messages: list[Messages], use_oracle: bool,
     if cfg.policy_name == cfg.baseline_name:
         raise UserError(f"eval: policy_name and baseline_name are both '{cfg.policy_name}'; name them apart")
     k = 1 if s.temperature == 0 else s.samples_per_prompt
-    policies = {"policy": Policy(cfg.policy, cfg.tokenizer)}
+    policies = {"policy": Policy(cfg.policy, cfg.tokenizer, cfg.precision)}
     if cfg.baseline:
-        policies["baseline"] = Policy(cfg.baseline, cfg.tokenizer)
+        policies["baseline"] = Policy(cfg.baseline, cfg.tokenizer, cfg.precision)
     prompt_ids, truncated = {}, {}
     for role, p in policies.items():
         prompt_ids[role], truncated[names[role]] = p.bound([encode(m, p.tokenizer) for m in messages],
@@ -108,7 +108,7 @@ def _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, r
     from rlhf.models.reward import RewardScorer
     from rlhf.models.loading import resolve_model_path
 
-    scorer = RewardScorer(resolve_model_path(cfg.reward_model))
+    scorer = RewardScorer(resolve_model_path(cfg.reward_model), device="auto", precision=cfg.precision)
     result["rm_score_mean"] = {}
     for role, smp in samples.items():
         scores[role]["rm"] = rm_scores(scorer, [messages[i] for i in smp.prompt_index], smp.texts, cfg.batch_size)

@@ -29,16 +29,16 @@ class Samples:
 
 
 class Policy:
-    """A causal LM and its tokenizer, in eval mode on the CPU (or the first GPU when there is one)."""
+    """A causal LM and its tokenizer, in eval mode on the GPU when there is one (else the CPU), in ``precision``."""
 
-    def __init__(self, path: str, tokenizer_path: str | None = None) -> None:
-        from rlhf.models.loading import load_causal_lm, resolve_model_path
+    def __init__(self, path: str, tokenizer_path: str | None = None, precision: str = "auto") -> None:
+        from rlhf.models.loading import inference_device, load_for_inference, resolve_model_path
         from rlhf.models.tokenizer import load_tokenizer
 
         self.path = resolve_model_path(path, tokenizer_path)
         self.tokenizer = load_tokenizer(tokenizer_path or self.path)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_causal_lm(self.path).to(self.device).eval()
+        self.device = inference_device("auto")
+        self.model = load_for_inference(self.path, "causal_lm", precision, self.device)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
     def bound(self, prompt_ids: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], int]:

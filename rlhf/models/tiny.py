@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from rlhf.errors import UserError
-from rlhf.paths import REPO_ROOT
+from rlhf.paths import cache_root
 
 PREFIX = "embedded:"
 
@@ -31,7 +31,7 @@ SIZES: dict[str, dict] = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RLHF_CACHE", REPO_ROOT / ".cache")) / "embedded"
+    return cache_root() / "embedded"
 
 
 def is_embedded(path: str) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import UserError
-from rlhf.paths import REPO_ROOT
+from rlhf.paths import IN_CHECKOUT, REPO_ROOT
 
 # Never uploaded with the working dir: environments, outputs, caches, VCS (Ray's limit is 500 MiB).
 WORKING_DIR_EXCLUDES = [".venv", "runs", "out", ".cache", ".git", ".pytest_cache", "__pycache__", "*.egg-info",
@@ -59,9 +59,13 @@ def job_client(address: str | None):
 
 
 def project_requirements() -> list[str]:
-    """The project's dependencies, as listed in pyproject.toml (the one list; no separate requirements file)."""
-    data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return list(data["project"]["dependencies"])
+    """The project's dependencies, as listed in pyproject.toml (the one list; no separate requirements file), or
+    an installed wheel's metadata of that list."""
+    if IN_CHECKOUT:
+        return list(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    from importlib.metadata import requires
+
+    return [r for r in requires("rlhf") or [] if "extra ==" not in r]
 
 
 def job_path(path: Path, working_dir: Path) -> str:

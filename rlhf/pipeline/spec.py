@@ -4,7 +4,7 @@
     name: alpaca
     stages:
       - name: sft                      # DIR/sft/ holds this stage's outputs and manifest
-        stage: sft                     # a stage type from stages/ (collect, sft, rm, ppo, eval)
+        stage: sft                     # a stage type from stages/ (collect, sft, rm, dpo, ppo, eval)
         base: configs/sft/tiny.yaml    # optional: a stage YAML the config below is merged over
         config: {train: {max_steps: 40}}
       - name: rm
@@ -42,7 +42,7 @@ class StageSpec(Section):
     """One step of a pipeline."""
 
     name: str = Field(..., pattern=f"^{STAGE_NAME}$", description="unique name; also the output subdirectory")
-    stage: str = Field(..., description="stage type: collect, sft, rm, ppo or eval")
+    stage: str = Field(..., description="stage type: collect, sft, rm, dpo, ppo or eval")
     base: str | None = Field(None, description="stage YAML that `config` is merged over (paths relative to the repo)")
     config: dict[str, Any] = Field(default_factory=dict, description="the stage's config; ${NAME.KEY} refers to outputs")
 
@@ -158,9 +158,11 @@ def apply_stage_overrides(pipeline: Pipeline, overrides: list[str]) -> None:
         head, _, rest = item.partition(".")
         if not rest or "=" not in rest or "=" in head:
             raise UserError(f"override {item!r}: expected STAGE.key.sub=value (stages: {', '.join(pipeline.names())})")
+        from stages import load_stage
+
         stage = pipeline.stage(head)
         # A copy: YAML anchors can make several stages share one mapping, and the override is for this one.
-        stage.config = apply_overrides(copy.deepcopy(stage.config), [rest])
+        stage.config = apply_overrides(copy.deepcopy(stage.config), [rest], load_stage(stage.stage).Config)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:

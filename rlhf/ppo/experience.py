@@ -1,4 +1,4 @@
-"""Make experience: the rollout batch layout, per-token log-probs / values of a batch, and rewards + GAE.
+"""Make experience: the rollout batch layout, per-token log-probs / values of a batch, and rewards + advantages.
 
 Layout (as in TRL's PPOTrainer ``query_responses``): each row is its prompt, left-padded to the batch's prompt
 width P, followed by its response, right-padded to the response width R. Log-probs and values for response token
@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 
-from rlhf.ppo.advantages import gae
+from rlhf.ppo.estimators import ESTIMATORS
 from rlhf.ppo.config import AlgorithmSection, RewardSection
 from rlhf.ppo.kl import kl_penalty
 from rlhf.ppo.losses import entropy_from_logits, logprobs_from_logits
@@ -148,13 +148,15 @@ def batched_values(model: torch.nn.Module, rollout: Rollout, batch_size: int) ->
 
 @dataclass
 class Experience:
-    """What the trained roles need, per row: rollout plus old log-probs/values, advantages and returns ([B, R])."""
+    """What the trained roles need, per row: rollout plus old and reference log-probs, advantages, and the critic's
+    old values and returns ([B, R]; None without a critic)."""
 
     rollout: Rollout
     old_logp: torch.Tensor
-    old_values: torch.Tensor
+    ref_logp: torch.Tensor
     advantages: torch.Tensor
-    returns: torch.Tensor
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rollout)
@@ -177,29 +179,39 @@ def finite_on(x: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
 
 
 def compute_advantages(
-    rollout: Rollout, old_logp: torch.Tensor, ref_logp: torch.Tensor, values: torch.Tensor, scores: torch.Tensor,
-    kl_coef: float, algo: AlgorithmSection, reward: RewardSection, moments: RunningMoments,
+    rollout: Rollout, old_logp: torch.Tensor, ref_logp: torch.Tensor, values: torch.Tensor | None,
+    scores: torch.Tensor, kl_coef: float, algo: AlgorithmSection, reward: RewardSection, moments: RunningMoments,
+    group_ids: torch.Tensor | None = None,
 ) -> tuple[Experience, dict[str, float]]:
-    """Scores -> per-token rewards (InstructGPT eq. 2: score - beta * KL) -> GAE -> whitened advantages.
+    """Scores -> per-token rewards (InstructGPT eq. 2: score - beta * KL, the KL only when ``algo.kl_in`` is
+    "reward") -> advantages by ``algo.estimator`` (``rlhf.ppo.estimators``) -> whitening (GAE only).
 
-    old_logp, ref_logp, values: [B, R]; scores: [B]. Raises ``NonFinite`` (before touching ``moments``) when the
-    scores, or the rewards/advantages/returns they lead to, are not finite on response tokens.
+    old_logp, ref_logp, values: [B, R] (values None without a critic); scores: [B]; group_ids: [B] the prompt
+    each row was sampled for (default: each row its own group). Raises ``NonFinite`` (before touching
+    ``moments``) when the scores, or the rewards/advantages/returns they lead to, are not finite on response tokens.
     Returns the experience and stats: reward mean/std (raw scores), KL (per-sequence sum, batch mean), etc.
     """
     mask = rollout.response_mask
+    estimator = ESTIMATORS[algo.estimator]
+    if estimator.needs_critic and values is None:
+        raise ValueError(f"estimator {algo.estimator} needs critic values")
+    if group_ids is None:
+        group_ids = torch.arange(len(rollout))
     if not finite_on(scores):
         raise NonFinite("reward")
-    if not (finite_on(old_logp, mask) and finite_on(ref_logp, mask) and finite_on(values, mask)):
+    if not (finite_on(old_logp, mask) and finite_on(ref_logp, mask) and (values is None or finite_on(values, mask))):
         raise NonFinite("log-prob or value")
     shaped = clip_reward(scores.float(), reward.clip)
     if reward.normalize:
         shaped = normalize_score(shaped, moments)
     kl = kl_penalty(old_logp, ref_logp, algo.kl_estimator)
-    rewards = compose_rewards(shaped, kl, mask, kl_coef, reward.missing_eos_penalty, rollout.ended_with_eos)
-    advantages, returns = gae(rewards, values, mask, algo.gamma, algo.lam)
-    if algo.whiten_advantages:
+    reward_kl_coef = kl_coef if algo.kl_in == "reward" else 0.0
+    rewards = compose_rewards(shaped, kl, mask, reward_kl_coef, reward.missing_eos_penalty, rollout.ended_with_eos)
+    advantages, returns = estimator.fn(rewards, mask, group_ids, values=values, gamma=algo.gamma, lam=algo.lam)
+    if algo.estimator == "gae" and algo.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
-    if not (finite_on(rewards, mask) and finite_on(advantages, mask) and finite_on(returns, mask)):
+    if not (finite_on(rewards, mask) and finite_on(advantages, mask)
+            and (returns is None or finite_on(returns, mask))):
         raise NonFinite("advantage")
     seq_kl = masked_sum(kl, mask, dim=1)
     stats = {
@@ -209,7 +221,12 @@ def compute_advantages(
         "kl_coef": float(kl_coef),
         "response_length": mask.sum(dim=1).mean().item(),
         "eos_fraction": rollout.ended_with_eos.float().mean().item(),
-        "value_mean": masked_mean(values, mask).item(),
-        "return_mean": masked_mean(returns, mask).item(),
+        "advantage_abs_mean": masked_mean(advantages.abs(), mask).item(),
     }
-    return Experience(rollout, old_logp, values, advantages, returns), stats
+    if values is not None:
+        stats["value_mean"] = masked_mean(values, mask).item()
+    if returns is not None:
+        stats["return_mean"] = masked_mean(returns, mask).item()
+    if estimator.needs_critic:
+        return Experience(rollout, old_logp, ref_logp, advantages, values, returns), stats
+    return Experience(rollout, old_logp, ref_logp, advantages), stats

@@ -12,7 +12,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.ppo.masking import masked_mean
+from rlhf.ppo.masking import masked_mean, masked_sum
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean", horizon: int | None = None) -> torch.Tensor:
+    """Reduce per-token losses [B, T] to a scalar.
+
+    - "token_mean": mean over every response token of the batch (the default, see the module docstring);
+    - "seq_sum_norm": each row's token sum divided by the constant ``horizon`` (max_new_tokens), then the mean
+      over rows: Dr. GRPO (Liu et al. 2025, eq. 3) drops GRPO's 1/|o_i|, which favours long wrong answers and
+      short right ones; verl's ``seq-mean-token-sum-norm``.
+    """
+    if mode == "token_mean":
+        return masked_mean(x, mask)
+    if mode == "seq_sum_norm":
+        if not horizon or horizon < 1:
+            raise ValueError(f"seq_sum_norm needs a horizon >= 1, got {horizon}")
+        return (masked_sum(x, mask, dim=1) / horizon).mean()
+    raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
 def policy_loss(
@@ -22,6 +39,8 @@ def policy_loss(
     mask: torch.Tensor,
     clip_eps: float,
     dual_clip: float | None = None,
+    agg: str = "token_mean",
+    horizon: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), optionally dual-clipped (Ye et al. 2020,
     "Mastering Complex Control in MOBA Games with Deep Reinforcement Learning").
@@ -31,7 +50,8 @@ def policy_loss(
         dual:  for A < 0, L = -max(min(ratio * A, clip(ratio) * A), c * A), c > 1
 
     Dual clip bounds the loss of a token with A < 0 whose ratio has grown huge (OpenRLHF ``PolicyLoss``).
-    logp, old_logp, advantages, mask: [B, T]. Returns (loss: 0-dim, stats) where stats are
+    logp, old_logp, advantages, mask: [B, T]; ``agg``/``horizon`` reduce the token losses (``aggregate``).
+    Returns (loss: 0-dim, stats) where stats are
       - "clipfrac": fraction of tokens where the clipped term is the active one (TRL's ``pg_clipfrac``);
       - "dual_clipfrac": fraction of tokens where the dual clip is active (0 when ``dual_clip`` is None);
       - "approx_kl": 0.5 * mean((logp - old_logp)^2), the k2 estimator of KL(old || new), as in TRL's
@@ -52,7 +72,7 @@ def policy_loss(
         dual_bound = dual_clip * advantages
         dual_clipped = (advantages < 0) & (objective < dual_bound)
         objective = torch.where(dual_clipped, dual_bound, objective)
-    loss = masked_mean(-objective, mask)
+    loss = aggregate(-objective, mask, agg, horizon)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean(clipped.float(), mask),

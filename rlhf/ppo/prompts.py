@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhf.data.formats import Message, to_prompt_messages
-from rlhf.data.io import read_rows
 from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.ppo.config import PromptsSection
+from rlhf.data.io import read_rows
+from rlhf.sections import read_source
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Prompt:
     ids: list[int]  # the templated prompt the actor continues
     messages: list[Message]  # the conversation up to the user turn (RMs re-encode with their own template)
     text: str  # what remote services and reward functions get as "prompt"
+    record: dict  # the source row, all its fields (reward functions that take ``records`` get it)
 
 
 def prompt_text(messages: list[Message]) -> str:
@@ -27,9 +29,16 @@ def prompt_text(messages: list[Message]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def load_prompts(section: PromptsSection, tokenizer) -> tuple[list[Prompt], int]:
-    """(prompts, number skipped for exceeding max_prompt_length). A UserError when none are left."""
-    rows = read_rows(section.path, section.split)[: section.limit]
+def load_prompts(section: PromptsSection, tokenizer, path: str | None = None,
+                 limit: int | None = None) -> tuple[list[Prompt], int]:
+    """(prompts, number skipped for exceeding max_prompt_length). A UserError when none are left.
+    ``path``/``limit`` override the section's (held-out eval prompts read with the same format and template;
+    a separate eval file is one split, so the section's config and split do not apply to it)."""
+    if path and path != section.path:
+        rows = read_rows(path)[: limit or section.limit]
+    else:
+        path = section.path
+        rows = read_source(section)[: limit or section.limit]
     prompts, skipped = [], 0
     for row in rows:
         messages = to_prompt_messages(row, section.format)
@@ -37,7 +46,7 @@ def load_prompts(section: PromptsSection, tokenizer) -> tuple[list[Prompt], int]
         if len(ids) > section.max_prompt_length:
             skipped += 1
             continue
-        prompts.append(Prompt(ids, messages, prompt_text(messages)))
+        prompts.append(Prompt(ids, messages, prompt_text(messages), dict(row.data)))
     if not prompts:
-        raise UserError(f"{section.path}: no prompts within prompts.max_prompt_length={section.max_prompt_length}")
+        raise UserError(f"{path}: no prompts within prompts.max_prompt_length={section.max_prompt_length}")
     return prompts, skipped

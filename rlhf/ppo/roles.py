@@ -16,12 +16,18 @@ from pathlib import Path
 import torch
 
 from rlhf.engine import checkpoint as ckpt
-from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.engine import collectives, snapshot
+from rlhf.engine.build import build_engine, device, init_distributed, zero3_config
+from rlhf.engine.deepspeed_config import inference_precision
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
-from rlhf.ppo.losses import entropy_bonus, entropy_from_logits, policy_loss, value_loss
+from rlhf.models.loading import partitioned
+from rlhf.ppo.estimators import ESTIMATORS
+from rlhf.ppo.kl import kl_penalty
+from rlhf.ppo.losses import aggregate, entropy_bonus, entropy_from_logits, policy_loss, value_loss
 from rlhf.ppo.minibatch import run_update
+from rlhf.models.lora import LoraSection
 from rlhf.sections import DeepSpeedSection, OptimSection
 
 
@@ -41,7 +47,11 @@ class RoleSpec:
     mini_batch_per_worker: int = 1
     gradient_checkpointing: bool = False
     reward: RewardSection | None = None
+    eval_function: str | None = None  # eval.function, scored beside the reward on held-out prompts
+    eval_kwargs: dict = field(default_factory=dict)
+    lora: LoraSection | None = None  # actor and critic train adapters; the actor's base is the reference
     env: dict[str, str] = field(default_factory=dict)
+    backend: str = "gloo"  # torch backend of the role's process group (rlhf.engine.collectives.resolve_backend)
 
 
 def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -70,7 +80,7 @@ class RoleWorker:
         # Ray pins each worker's GPU via CUDA_VISIBLE_DEVICES, so the local device is always index 0.
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        init_distributed()
+        init_distributed(self.spec.backend)
         torch.manual_seed(self.spec.seed + self.rank)
         self.dev = device()
         self.setup()
@@ -78,28 +88,80 @@ class RoleWorker:
     def setup(self) -> None:
         raise NotImplementedError
 
+    def inference_precision(self) -> str:
+        """Frozen roles load in the trained roles' precision (deepspeed.precision; auto = bf16 on GPU, fp32 on CPU),
+        as ``rlhf plan`` counts them."""
+        return inference_precision(self.spec.deepspeed, torch.cuda.is_available())
+
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
+
+    def peak_memory_gib(self) -> float | None:
+        """This process's peak CUDA allocation so far (GiB), None off the GPU."""
+        return torch.cuda.max_memory_allocated(self.dev) / 2**30 if self.dev.type == "cuda" else None
 
 
 class TrainedRole(RoleWorker):
     """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
 
+    def deepspeed_section(self) -> DeepSpeedSection:
+        # One minibatch per optimizer step (see rlhf.ppo.minibatch), accumulated over micro-batches.
+        mini, micro = self.spec.mini_batch_per_worker, self.micro_batch()
+        return self.spec.deepspeed.model_copy(update={"micro_batch_size": micro,
+                                                      "gradient_accumulation_steps": mini // micro})
+
+    def loading(self):
+        """Context for loading the trained model: under ZeRO-3 each rank builds only its shard."""
+        return partitioned(zero3_config(self.deepspeed_section(), self.spec.optim))
+
     def build(self, model: torch.nn.Module) -> None:
-        # One minibatch per optimizer step (see rlhf.ppo.minibatch): DeepSpeed's batch = this worker's minibatch.
-        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": self.spec.mini_batch_per_worker,
-                                                    "gradient_accumulation_steps": 1})
-        self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
+        self.engine = build_engine(model, self.deepspeed_section(), self.spec.optim, self.spec.total_steps)
+
+    def micro_batch(self) -> int:
+        """Rows per forward/backward on this worker: algorithm.micro_batch_size, default the whole minibatch share."""
+        return min(self.spec.algo.micro_batch_size or self.spec.mini_batch_per_worker, self.spec.mini_batch_per_worker)
+
+    # What leaves the GPU while the actor generates: fp32 master weights, Adam moments, gradient buffers. The 16-bit
+    # weights stay (the actor generates with them; ZeRO-3 gathers from them).
+    SLEEP_STATES = ("hp_params", "optim_states", "lp_grads", "contiguous_grad_buffer")
+
+    def offload_states(self) -> float:
+        """Optimizer states and gradients to host memory (DeepSpeed ``offload_states``); returns the seconds taken."""
+        import time
+
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum
+
+        start = time.perf_counter()
+        on_gpu = self.dev.type == "cuda"
+        self.engine.offload_states(include=[OffloadStateTypeEnum(s) for s in self.SLEEP_STATES], pin_memory=on_gpu)
+        if on_gpu:
+            torch.cuda.empty_cache()  # give the freed blocks back, so a colocated role can use them
+        return time.perf_counter() - start
+
+    def reload_states(self) -> float:
+        import time
+
+        start = time.perf_counter()
+        self.engine.reload_states()
+        return time.perf_counter() - start
 
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def train(self, experience: Experience, iteration: int) -> dict[str, float]:
-        """PPO epochs over this worker's rows; stats averaged over steps and ranks."""
+    def train(self, experience: Experience, iteration: int, kl_coef: float = 0.0) -> dict[str, float]:
+        """PPO epochs over this worker's rows; stats averaged over steps and ranks. ``kl_coef``: this iteration's
+        KL coefficient (used by the actor when the KL is a loss term). The state before the update is kept until the
+        next one, so the controller can undo it (``rollback``) when another role's update failed."""
         self.engine.train()
+        self.kl_coef = kl_coef
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
+        self.before_update = snapshot.take(self.engine)
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
-                          seed, self.loss, self.dev)
+                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update)
+
+    def rollback(self) -> None:
+        """Undo the last ``train`` (every rank restores its own shard; no collective)."""
+        snapshot.restore(self.engine, self.before_update)
 
     def save_state(self, root: str, iteration: int, client_state: dict) -> None:
         ckpt.save_training_state(self.engine, Path(root), iteration, client_state)
@@ -121,7 +183,7 @@ class TrainedRole(RoleWorker):
 
             module, state_dict = self.hf_module(state_dict)
             ckpt.save_hf_dir(module, state_dict, load_tokenizer(self.spec.tokenizer_path), out_dir)
-        ckpt.barrier()
+        collectives.barrier()
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
         return self.engine.module, state_dict
@@ -134,9 +196,11 @@ class ActorWorker(TrainedRole):
         from rlhf.models.loading import load_causal_lm
         from rlhf.models.tokenizer import load_tokenizer
 
-        model = load_causal_lm(self.spec.model_path)
-        if self.spec.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        from rlhf.models.lora import prepare_for_training
+
+        with self.loading():
+            model = load_causal_lm(self.spec.model_path)
+        model = prepare_for_training(model, self.spec.lora, self.spec.gradient_checkpointing)
         tok = load_tokenizer(self.spec.tokenizer_path)
         self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
         self.build(model)
@@ -155,12 +219,39 @@ class ActorWorker(TrainedRole):
         self.engine.train()
         return cpu(logp), cpu(ent)
 
+    @torch.no_grad()
+    def ref_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """With LoRA: the reference's log-probs [B, R] from this actor's base weights, its adapters switched off."""
+        from rlhf.models.lora import adapters_disabled
+
+        self.engine.eval()
+        with adapters_disabled(self.engine.module):
+            logp, _ = batched_logprobs(self.engine, self.to_dev(rollout), self.spec.rollout.temperature,
+                                       self.spec.rollout.forward_batch_size)
+        self.engine.train()
+        return cpu(logp)
+
+    def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        if self.spec.lora is None:
+            return self.engine.module, state_dict
+        from rlhf.models.lora import merge_lora_state_dict
+
+        return self.engine.module, merge_lora_state_dict(state_dict, self.spec.lora.scaling)
+
     def loss(self, engine, batch: Experience):
         algo, mask = self.spec.algo, batch.rollout.response_mask
+        agg, horizon = ESTIMATORS[algo.estimator].loss_agg, self.spec.rollout.max_new_tokens
         logits = response_logits(engine, batch.rollout)
         logp = response_logprobs(logits, batch.rollout, self.spec.rollout.temperature)
-        loss, stats = policy_loss(logp, batch.old_logp, batch.advantages, mask, algo.clip_eps, algo.dual_clip)
+        loss, stats = policy_loss(logp, batch.old_logp, batch.advantages, mask, algo.clip_eps, algo.dual_clip,
+                                  agg, horizon)
         stats["policy_loss"] = loss.detach()
+        if algo.kl_in == "loss":
+            # GRPO (Shao et al. 2024, eq. 3): + beta * D_KL(pi || pi_ref) in the objective, estimated per token on
+            # the current policy's log-probs (k3 in the paper), so its gradient pulls the policy back.
+            kl = aggregate(kl_penalty(logp, batch.ref_logp, algo.kl_estimator), mask, agg, horizon)
+            loss = loss + self.kl_coef * kl
+            stats["kl_loss"] = kl.detach()
         if algo.entropy_coef > 0:
             bonus, entropy = entropy_bonus(entropy_from_logits(logits / self.spec.rollout.temperature), mask,
                                            algo.entropy_coef)
@@ -177,9 +268,13 @@ class CriticWorker(TrainedRole):
         from rlhf.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(self.spec.tokenizer_path)
-        classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
-        if self.spec.gradient_checkpointing:
-            classifier.gradient_checkpointing_enable()
+        from rlhf.models.lora import prepare_for_training
+
+        with self.loading():
+            classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
+        # With LoRA the value head is new or RM-trained: it trains whole, beside the adapters (as in the rm stage).
+        classifier = prepare_for_training(classifier, self.spec.lora, self.spec.gradient_checkpointing,
+                                          modules_to_save=["score"])
         self.build(TokenValues(classifier))
 
     @torch.no_grad()
@@ -197,22 +292,27 @@ class CriticWorker(TrainedRole):
         return loss, stats
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        from rlhf.models.lora import merge_lora_state_dict
         from rlhf.models.reward import unwrap_state_dict
 
-        return self.engine.module.classifier, unwrap_state_dict(state_dict)
+        state_dict = unwrap_state_dict(state_dict)
+        if self.spec.lora is not None:
+            state_dict = merge_lora_state_dict(state_dict, self.spec.lora.scaling)
+        return self.engine.module.classifier, state_dict
 
 
 class ReferenceWorker(RoleWorker):
     """The frozen SFT policy; its log-probs anchor the KL penalty. ZeRO-3 sharded for inference if asked."""
 
     def setup(self) -> None:
-        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.loading import load_for_inference
 
-        model = load_causal_lm(self.spec.model_path).eval().requires_grad_(False)
-        if self.spec.deepspeed.zero_stage == 3:
-            self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
-        else:
-            self.model = model.to(self.dev)
+        if self.spec.deepspeed.zero_stage != 3:
+            self.model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(), self.dev)
+            return
+        with partitioned(zero3_config(self.spec.deepspeed, None)):  # each rank builds only its shard
+            model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(), "keep")
+        self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
@@ -222,26 +322,18 @@ class ReferenceWorker(RoleWorker):
 
 
 class RewardWorker(RoleWorker):
-    """Scores responses: a reward-model dir, a remote service, or a Python function (exactly one)."""
+    """Scores responses: a weighted sum of a reward model, a remote service and a Python function (any of them)."""
 
     def setup(self) -> None:
         from rlhf.models.tokenizer import load_tokenizer
+        from rlhf.reward.combined import build_sources
+        from rlhf.reward.functions import load_reward_function
 
-        reward = self.spec.reward
         self.tokenizer = load_tokenizer(self.spec.tokenizer_path)
-        self.scorer = self.remote = self.function = None
-        if reward.model:
-            from rlhf.models.reward import RewardScorer
-
-            self.scorer = RewardScorer(reward.model, device=self.dev)
-        elif reward.url:
-            from rlhf.ppo.remote_reward import RemoteReward
-
-            self.remote = RemoteReward(reward.url, reward.protocol, reward.timeout_s, reward.retries)
-        else:
-            from rlhf.ppo.reward_functions import load_reward_function
-
-            self.function = load_reward_function(reward.function)
+        self.sources = build_sources(self.spec.reward, self.dev, self.spec.rollout.forward_batch_size,
+                                     self.inference_precision())
+        self.eval_function = (load_reward_function(self.spec.eval_function, "eval.function")
+                              if self.spec.eval_function else None)
 
     def response_texts(self, rollout: Rollout) -> list[str]:
         """Each response's tokens up to its end, EOS dropped, decoded."""
@@ -253,18 +345,16 @@ class RewardWorker(RoleWorker):
             out.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return out
 
-    def score(self, rollout: Rollout, prompt_messages: list[list[dict]], prompt_texts: list[str]) -> torch.Tensor:
-        """[B] scores. An RM re-encodes each (prompt, response) with its own template and tokenizer and reads the
-        last token (normalized by the RM's training statistics when its config has them)."""
+    def score(self, rollout: Rollout, prompt_messages: list[list[dict]], prompt_texts: list[str],
+              records: list[dict], with_eval: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """([B] combined scores, {source name: [B] its own scores}); with ``with_eval`` also "eval_function"."""
+        from rlhf.reward.combined import combine
+        from rlhf.reward.functions import call_reward_function
+
         responses = self.response_texts(rollout)
-        if self.scorer is not None:
-            normalize = self.scorer.mean is not None and bool(self.scorer.std)
-            scores = self.scorer.score_pairs(prompt_messages, responses, normalize=normalize,
-                                             batch_size=self.spec.rollout.forward_batch_size)
-        elif self.remote is not None:
-            scores = self.remote.score(prompt_texts, responses)
-        else:
-            scores = self.function(prompt_texts, responses, **self.spec.reward.kwargs)
-            if len(scores) != len(responses):
-                raise ValueError(f"reward.function returned {len(scores)} scores for {len(responses)} responses")
-        return torch.tensor([float(s) for s in scores], dtype=torch.float32)
+        parts = {name: source(prompt_messages, prompt_texts, responses, records) for name, source in self.sources}
+        total = combine(parts, self.spec.reward.weights)
+        if with_eval and self.eval_function is not None:
+            parts["eval_function"] = torch.tensor(call_reward_function(
+                self.eval_function, prompt_texts, responses, records, self.spec.eval_kwargs), dtype=torch.float32)
+        return total, parts

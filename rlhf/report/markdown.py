@@ -54,7 +54,10 @@ def render_markdown(report: dict, data: ReportData) -> str:
               f"RM mean score {', '.join(f'{k.upper()} {v:.3f}' for k, v in (s.get('rm_score_mean') or {}).items()) or '-'}; "
               f"preference pairs collected {_fmt(s.get('preference_pairs'))}; RM accuracy on its own held-out "
               f"pairs (noisy labels) {_fmt(s.get('rm_eval_accuracy_noisy'))}; PPO RM reward first → last 10% of "
-              f"iterations {' → '.join(_fmt(v) for v in s.get('ppo_reward_first_last') or [])}.", ""]
+              f"iterations {' → '.join(_fmt(v) for v in s.get('ppo_reward_first_last') or [])}"
+              + (f"; DPO implicit-reward accuracy on its held-out pairs (noisy labels) "
+                 f"{_fmt(s.get('dpo_eval_reward_accuracy'))}" if s.get("dpo_eval_reward_accuracy") is not None else "")
+              + ".", ""]
     fams = s.get("oracle_accuracy_by_family") or {}
     if fams.get(base) and fams.get(pol):
         lines += ["## Oracle accuracy per task family", "", f"| family | {base.upper()} | {pol.upper()} | change |",

@@ -10,7 +10,8 @@ slow that down; a binary score also makes the reward model's target a single yes
 
 ``oracle_reward`` has the programmatic-reward signature (``reward.function: rlhf.world.oracle:oracle_reward``):
 it takes the prompts, as rows carrying their ``task`` field or as texts (PPO passes ``instruction\n\ninput``;
-the task is then read back from the text), and the decoded responses (EOS and padding already removed).
+the task is then read back from the text), and the decoded responses (EOS and padding already removed). PPO also
+passes the prompt ``records`` (the rows with their ``task``): the verifiable reward then reads the task from them.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ def oracle_prefers(task: dict, a: str, b: str, rng: random.Random) -> int:
     return 0 if score_a > score_b else 1
 
 
-def oracle_reward(prompts: list[dict] | list[str], responses: list[str]) -> list[float]:
-    """Programmatic reward: the oracle score of each (prompt row or text, response) pair."""
+def oracle_reward(prompts: list[dict] | list[str], responses: list[str],
+                  records: list[dict] | None = None) -> list[float]:
+    """Programmatic reward: the oracle score of each (prompt row or text, response) pair; with ``records`` (the
+    prompt rows, as PPO's reward worker passes them) each task is read from its row rather than from the text."""
     if len(prompts) != len(responses):
         raise ValueError(f"oracle_reward: {len(prompts)} prompts but {len(responses)} responses")
-    return [oracle_score(task_of(p), r) for p, r in zip(prompts, responses)]
+    sources = records if records is not None else prompts
+    return [oracle_score(task_of(p), r) for p, r in zip(sources, responses)]
 
 
 def oracle_accuracy(prompts: list[dict] | list[str], responses: list[str]) -> float:
