@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
               device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__,
               "batch": args.batch, "new_tokens": args.new_tokens,
               "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts), "copy_rate_gb_s": rate / 1e9,
-              "bound_tokens_per_s": bound, "engines": {}}
+              "bound_tokens_per_s": bound, "load_average": os.getloadavg()[0], "engines": {}}
     for name in [e.strip() for e in args.engine.split(",") if e.strip()]:
         section = GenerationSection(engine=name, compile=not args.no_compile, max_batch_tokens=10**9)
 

@@ -139,6 +139,10 @@ def test_compiled_step_is_not_rebuilt_when_only_the_weights_change(tiny):
     third = run(prompts[::-1], seed=1)
     assert counter.frame_count == 1
     assert third.tokens == generate(model, prompts[::-1], GREEDY, tok.eos_token_id, tok.pad_token_id, EAGER).tokens
+    run(prompts[:1])  # another shape: its own graph, and its cache replaces the first one's
+    assert counter.frame_count == 2
+    run(prompts)  # back to the first shape: a new cache object, the old graph
+    assert counter.frame_count == 2
 
 
 def test_prompts_are_cut_to_the_context_keeping_bos_and_tail():

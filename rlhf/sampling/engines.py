@@ -11,9 +11,9 @@
 Why the compiled step is not rebuilt when only the weights change: the step is compiled once per engine, and the
 engine is kept per model object (:func:`engine_for`); dynamo guards on the parameters' metadata (shape, dtype,
 device, stride), not on their values or addresses, so an optimizer step (in place) or a ZeRO-3 gather (new
-storage, same shapes) passes every guard. The cache for a shape is kept and reset, never rebuilt, because a new
-cache object would fail the guards on the old one. ``tests/test_sampling.py`` counts dynamo frame compiles across
-weight updates. On GPU a ZeRO-3 gather into new storage makes cudagraph trees re-record the graph (one warm-up
+storage, same shapes) passes every guard; so does a new cache of a shape seen before (guards check its tensors'
+shapes, not its identity). Only the last shape's cache is kept (reset between calls), so the cache memory is one
+batch's. ``tests/test_sampling.py`` counts dynamo frame compiles across weight updates. On GPU a ZeRO-3 gather into new storage makes cudagraph trees re-record the graph (one warm-up
 step), which is not a recompile.
 """
 
@@ -148,6 +148,7 @@ class StaticEngine:
 
         key = (rows, length)
         if key not in self.caches:
+            self.caches.clear()  # free the last shape's cache before allocating this one
             self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
         cache = self.caches[key]
         for layer in cache.layers:  # reset the fill level only: unwritten slots are masked out
