@@ -36,7 +36,7 @@ def make_rows(n: int) -> list[dict]:
         prompt = " ".join(words[(i + j) % len(words)] for j in range(300))
         chosen = " ".join(words[(2 * i + j) % len(words)] for j in range(30))
         rejected = " ".join(words[(3 * i + j + 5) % len(words)] for j in range(30))
-        rows.append({"prompt": f"Passage {i}: {prompt}", "chosen": chosen, "rejected": rejected})
+        rows.append({"prompt": f"Passage {i}: {prompt}", "chosen": chosen, "rejected": f"no: {rejected}"})
     return rows
 
 
