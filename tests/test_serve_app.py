@@ -12,7 +12,7 @@ import pytest
 
 from rlhf.errors import UserError
 from rlhf.paths import CONFIGS_DIR
-from rlhf.models.reward import RewardScorer
+from rlhf.reward.model import RewardScorer
 from rlhf.serve.app import build_app
 from rlhf.serve.auth import presented_token, read_token, token_digest, token_matches
 from rlhf.serve.config import LimitsSection
