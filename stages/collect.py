@@ -156,7 +156,8 @@ def _run_preferences(section: PreferencesSection, out: Path) -> tuple[dict, dict
         write_jsonl(out / "to_label.jsonl", result.to_label)
         outputs |= {"samples": out / "samples.jsonl", "to_label": out / "to_label.jsonl"}
     metrics = {
-        "prompts": result.prompts, "records": len(result.records), "drops": dict(sorted(result.drops.items())),
+        "prompts": result.prompts, "prompts_truncated": result.prompts_truncated, "records": len(result.records),
+        "drops": dict(sorted(result.drops.items())),
         "judge": {"kind": section.judge.kind, **result.judge_stats},
     }
     return metrics, outputs
@@ -181,6 +182,10 @@ def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.paths import resolve_path
 
     out = Path(out)
+    if cfg.mode == "preferences" and cfg.preferences.judge.kind == "rm":  # before the policy's actors start
+        from rlhf.reward.model import check_reward_model
+
+        check_reward_model(cfg.preferences.judge.path)
     inputs = {k: str(resolve_path(v)) for k, v in _inputs(cfg).items() if v and resolve_path(v).exists()}
     with StageRun("collect", out, cfg, inputs=inputs) as stage:
         metrics, outputs = RUNNERS[cfg.mode](getattr(cfg, cfg.mode), out)

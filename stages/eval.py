@@ -36,6 +36,7 @@ from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.eval.judge import LLMJudgeSection
 from rlhf.manifest import StageRun, write_json_atomic
+from rlhf.sampling.config import GenerationSection
 
 EVAL_FILE = "eval.json"
 
@@ -81,6 +82,8 @@ class Config(Section):
     judge: LLMJudgeSection | None = Field(None, description="optional pairwise LLM judge (OpenAI-compatible API)")
     batch_size: int = Field(64, ge=1, description="sequences per generate/forward call")
     precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's own)")
 
 
@@ -98,10 +101,14 @@ def load_rows(cfg: Config) -> tuple[list[dict], list[list[dict]], bool]:
 
 def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.eval.evaluate import evaluate
+    from rlhf.models.loading import resolve_model_path
+    from rlhf.reward.model import check_reward_model
 
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.reward_model:  # before any policy loads: a causal-LM dir would score with a random head
+        check_reward_model(resolve_model_path(cfg.reward_model))
     inputs = {"policy": cfg.policy, "baseline": cfg.baseline, "prompts": cfg.prompts.path, "reward_model": cfg.reward_model}
     with StageRun("eval", out, cfg, inputs={k: v for k, v in inputs.items() if v and Path(v).exists()}) as stage:
         rows, messages, use_oracle = load_rows(cfg)

@@ -61,6 +61,8 @@ def check_collectives(rank: int, world: int) -> None:
 
     sums = collectives.all_reduce_sums({"a": 1.0 + rank, "b": 10.0})
     assert sums == {"a": 3.0, "b": 20.0}, sums
+    table = torch.full((2, 2), float(rank + 1), dtype=torch.float64)
+    assert collectives.all_reduce_sum_(table) is table and torch.equal(table, torch.full((2, 2), 3.0, dtype=torch.float64))
     assert collectives.all_true(True)
     assert not collectives.all_true(rank == 0)  # one false rank makes every rank false
     assert not collectives.all_finite(torch.tensor(float("nan") if rank == 1 else 1.0))
@@ -90,3 +92,37 @@ def test_collectives_use_the_device_the_backend_serves() -> None:
     """Before the fix ``all_reduce_sums`` and PPO's finite check all-reduced CPU tensors: under NCCL (here
     ``cuda:gloo``) they died with 'No backend type associated with device type cpu' at the first log step."""
     spawn("check_cuda_only_group", backend="cuda:gloo")
+
+
+def check_zero3_partitioned_load(rank: int, world: int) -> None:
+    import deepspeed
+
+    from rlhf.engine.build import init_distributed, zero3_config
+    from rlhf.models.loading import load_causal_lm, partitioned
+    from rlhf.sections import DeepSpeedSection
+
+    init_distributed()  # DeepSpeed joins the group _rank_main formed
+    path = os.environ["RLHF_TEST_MODEL"]
+    plain = load_causal_lm(path)
+    config = zero3_config(DeepSpeedSection(zero_stage=3, precision="fp32", micro_batch_size=1), None)
+    with partitioned(config):
+        model = load_causal_lm(path)
+    params = list(model.named_parameters())
+    assert all(hasattr(p, "ds_id") and p.numel() == 0 for _, p in params)  # nothing whole outside a gather
+    local = sum(p.ds_tensor.numel() for _, p in params)
+    total = sum(p.numel() for p in plain.parameters())
+    assert abs(local - total / world) <= 16 * len(params), (local, total)  # half each, up to per-tensor padding
+    expected = dict(plain.named_parameters())
+    with deepspeed.zero.GatheredParameters([p for _, p in params]):
+        for name, p in params:
+            assert torch.equal(p.data, expected[name].data), name
+
+
+@pytest.mark.slow
+def test_zero3_load_is_partitioned_and_equal_to_a_plain_load(monkeypatch) -> None:
+    """Each rank holds about half of the weights from the start (no whole fp32 copy per rank), and gathering the
+    shards gives exactly the weights of a plain load."""
+    from rlhf.models.loading import resolve_model_path
+
+    monkeypatch.setenv("RLHF_TEST_MODEL", resolve_model_path("embedded:tiny-llama"))
+    spawn("check_zero3_partitioned_load", backend="gloo")

@@ -63,6 +63,6 @@ def test_ppo_frozen_roles_follow_deepspeed_precision(tiny, monkeypatch) -> None:
         worker = cls(spec, 0, 1)
         worker.dev = torch.device("cpu")
         worker.setup()  # zero_stage 2: no process group needed for a frozen role
-        model = worker.model if cls is ReferenceWorker else worker.scorer.model
+        model = worker.model if cls is ReferenceWorker else dict(worker.sources)["model"].scorer.model
         assert param_dtypes(model) == {torch.bfloat16}, cls.__name__
     torch.set_num_threads(threads)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from rlhf.errors import UserError
-from rlhf.models.generation import SamplingParams, sample
+from rlhf.sampling import SamplingParams, sample
 from rlhf.models.loading import load_for_inference
 from rlhf.models.tokenizer import load_tokenizer
 
@@ -61,7 +61,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class LocalChatModel:
-    """A causal LM and its tokenizer, answering chat requests with :func:`rlhf.models.generation.sample`."""
+    """A causal LM and its tokenizer, answering chat requests with :func:`rlhf.sampling.sample`."""
 
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)

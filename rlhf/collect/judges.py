@@ -195,14 +195,11 @@ class ProgrammaticJudge(_NoisyJudge):
 
 class RewardModelJudge(_NoisyJudge):
     def __init__(self, section: JudgeSection) -> None:
-        from rlhf.reward.model import RewardScorer
+        from rlhf.reward.model import RewardScorer, check_reward_model
         from rlhf.paths import resolve_path
 
         super().__init__(section.noise or 0.0, section.seed)
-        path = resolve_path(section.path)
-        if not (path / "config.json").is_file():
-            raise UserError(f"judge path {section.path}: not a reward-model dir (no config.json)")
-        self.scorer = RewardScorer(str(path))
+        self.scorer = RewardScorer(str(resolve_path(check_reward_model(section.path))))
 
     def judge(self, rows, prompts, responses):
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]

@@ -55,6 +55,14 @@ def lr_lambda(optim: OptimSection, total_steps: int):
     return f
 
 
+def zero3_config(ds: DeepSpeedSection, optim: OptimSection | None) -> dict | None:
+    """The DeepSpeed config ``build_engine`` will use, when it is ZeRO-3 (for ``rlhf.models.loading.partitioned``:
+    load the model already sharded), else None. Call inside the process group."""
+    if ds.zero_stage != 3:
+        return None
+    return deepspeed_config(ds, optim, collectives.world_size(), torch.cuda.is_available())
+
+
 def build_engine(
     model: torch.nn.Module,
     ds: DeepSpeedSection,

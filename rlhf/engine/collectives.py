@@ -71,6 +71,17 @@ def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.cpu().tolist()))
 
 
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (on whatever device it lives; it travels via the group's device) and return it."""
+    if not active():
+        return t
+    on_wire = t.to(collective_device())
+    dist.all_reduce(on_wire)
+    if on_wire is not t:
+        t.copy_(on_wire)
+    return t
+
+
 def all_true(flag: bool) -> bool:
     """True when ``flag`` is true on every rank (a MIN all-reduce): ranks that must act together agree."""
     if not active():

@@ -20,8 +20,9 @@ import torch
 from rlhf.engine import checkpoint as ckpt
 from rlhf.engine import collectives
 from rlhf.engine.collectives import all_reduce_sums
-from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.engine.build import build_engine, device, init_distributed, zero3_config
 from rlhf.metrics import MetricsLogger
+from rlhf.models.loading import partitioned
 from rlhf.sections import DeepSpeedSection, OptimSection, TrainSection
 
 RESULT = "train_result.json"
@@ -134,7 +135,9 @@ def train_loop(spec: LoopSpec) -> dict:
     per_step = micro * accum * world
     steps = total_steps(len(train_ex), per_step, tr)
 
-    engine = build_engine(task.build_model(), ds, spec.optim, steps)
+    with partitioned(zero3_config(ds, spec.optim)):  # ZeRO-3: each rank materialises only its shard
+        model = task.build_model()
+    engine = build_engine(model, ds, spec.optim, steps)
     if hasattr(task, "before_train"):  # e.g. DPO's reference log-probs from the initial weights; all ranks run it
         task.before_train(engine, dev, micro)
     ckpt_root = out / "checkpoints"

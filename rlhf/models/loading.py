@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 
@@ -72,8 +73,10 @@ def load_for_inference(path: str, kind: Literal["causal_lm", "reward"] = "causal
                        device: str | torch.device = "auto", **kwargs) -> torch.nn.Module:
     """Every frozen model (PPO reference and reward, eval policies and RM, collect teachers, chat server) loads
     here: in the stage's precision (``inference_dtype``), on ``device``, in eval mode with gradients off.
-    ``kind="reward"`` takes ``load_reward_model``'s keywords (pad_token_id)."""
-    dev = inference_device(device)
+    ``kind="reward"`` takes ``load_reward_model``'s keywords (pad_token_id). ``device="keep"`` leaves the weights
+    where loading put them (a ZeRO-3 partitioned load for an inference engine, dtype as on this rank's GPU)."""
+    keep = str(device) == "keep"
+    dev = inference_device("auto" if keep else device)
     dtype = inference_dtype(precision, dev)
     if kind == "reward":
         from rlhf.reward.model import load_reward_model
@@ -81,4 +84,23 @@ def load_for_inference(path: str, kind: Literal["causal_lm", "reward"] = "causal
         model = load_reward_model(path, dtype, **kwargs)
     else:
         model = load_causal_lm(path, dtype)
-    return model.to(dev).eval().requires_grad_(False)
+    return (model if keep else model.to(dev)).eval().requires_grad_(False)
+
+
+@contextmanager
+def partitioned(ds_config: dict | None) -> Iterator[None]:
+    """While active, ``from_pretrained`` builds a ZeRO-3 model already partitioned over the ranks: transformers sees
+    its ``HfDeepSpeedConfig`` and wraps construction in ``deepspeed.zero.Init``, then loads each weight into its
+    shards, so no rank ever holds the whole model. A no-op unless ``ds_config`` is a ZeRO stage-3 config; needs the
+    process group to be up."""
+    if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: hold it while loading
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hf_config

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
+from rlhf.sampling.config import GenerationSection
 from rlhf.sections import OptimSection, SourceSection
 
 
@@ -75,6 +76,8 @@ class RolloutSection(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     forward_batch_size: int = Field(16, ge=1, description="sequences per forward pass when scoring experience")
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
 
 
 class AlgorithmSection(Section):
@@ -145,6 +148,11 @@ class PPOResourcesSection(Section):
     reward_workers: int = Field(1, ge=1, description="reward workers (RM or reward function)")
     colocate_actor_ref: bool = Field(False, description="actor and reference worker i share one bundle (needs equal counts)")
     colocate_critic_reward: bool = Field(False, description="critic and reward worker i share one bundle (needs equal counts)")
+    colocate_all: bool = Field(False, description="all four roles' worker i share bundle i, each a quarter of its GPU "
+                                                  "(OpenRLHF's colocate_all_models, DeepSpeed-Chat); needs equal counts")
+    offload_while_generating: bool = Field(
+        False, description="move the actor's and critic's optimizer states and gradients to host memory while the actor "
+                           "generates, back before scoring (DeepSpeed offload_states; needs zero_stage >= 1)")
     cpus_per_bundle: float = Field(1.0, gt=0, description="CPUs per placement-group bundle; colocated roles split it")
     use_gpu: bool | Literal["auto"] = Field("auto", description="GPUs for the bundles; auto = if the cluster has GPUs")
     gpus_per_bundle: float = Field(1.0, gt=0, le=1, description="GPU share per bundle with use_gpu; 0.5 puts 2 bundles "
@@ -159,6 +167,9 @@ class PPOResourcesSection(Section):
 
     @model_validator(mode="after")
     def _colocated_counts_match(self):
+        counts = {self.actor_workers, self.critic_workers, self.ref_workers, self.reward_workers}
+        if self.colocate_all and len(counts) != 1:
+            raise ValueError("colocate_all needs actor_workers == critic_workers == ref_workers == reward_workers")
         if self.colocate_actor_ref and self.actor_workers != self.ref_workers:
             raise ValueError("colocate_actor_ref needs actor_workers == ref_workers")
         if self.colocate_critic_reward and self.critic_workers != self.reward_workers:

@@ -32,6 +32,7 @@ def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 
         def rm(messages, texts, responses, records):
             return as_scores(scorer.score_pairs(messages, responses, normalize=normalize, batch_size=batch_size))
 
+        rm.scorer = scorer  # the loaded model, for callers that inspect it (its dtype, device)
         sources.append(("model", rm))
     if reward.url:
         from rlhf.reward.remote import RemoteReward

@@ -16,6 +16,8 @@ data, for normalizing), ``rlhf_template`` and ``rlhf_max_length`` (how the RM's 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,41 @@ from rlhf.errors import UserError
 # The saved RM's own pad when the tokenizer's pad is its eos (see save_reward_model).
 DISTINCT_PAD = "<|rlhf_pad|>"
 MEAN_KEY, STD_KEY, TEMPLATE_KEY, MAX_LENGTH_KEY = "rlhf_reward_mean", "rlhf_reward_std", "rlhf_template", "rlhf_max_length"
+
+
+def check_reward_model(model: str) -> str:
+    """``model`` (an HF dir, or a hub id) if its config.json describes a reward model: a ``*ForSequenceClassification``
+    with one label. Else a one-line UserError, so that PPO, eval, the collect judge and the service refuse, say an
+    SFT causal-LM dir, before any worker starts (HF would load it with a fresh random score head). Reads config.json
+    only; no weights are loaded.
+    """
+    from rlhf.models.loading import looks_local
+    from rlhf.paths import resolve_path
+
+    local = resolve_path(model)
+    if local.exists() or looks_local(model):
+        config_file = local / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"{model}: not a model directory (no config.json)")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(model, "config.json"))
+        except Exception as err:  # offline, unknown repo, gated: the user's to fix
+            raise UserError(f"{model}: no such directory and no config.json on the hub ({type(err).__name__})") from None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{config_file}: unreadable config ({err})") from None
+    architectures = config.get("architectures") or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{model}: not a reward model: config.json describes a {architectures[0]}; a reward model is "
+                        "a *ForSequenceClassification with one label (the rm stage's OUT/model)")
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or None)
+    if labels != 1:
+        raise UserError(f"{model}: a reward model has one label; config.json has num_labels={labels}")
+    return model
 
 
 def last_token_scores(logits_or_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
