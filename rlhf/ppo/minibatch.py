@@ -38,14 +38,18 @@ def minibatch_order(n: int, size: int, epochs: int, seed: int) -> list[torch.Ten
     return order
 
 
-def micro_weights(mask: torch.Tensor, micro: int) -> list[float]:
+def micro_weights(mask: torch.Tensor, micro: int, by: str = "tokens") -> list[float]:
     """Each micro-batch's share of the minibatch's response tokens, times the number of micro-batches.
+    ``by="rows"``: 1 each, for a loss that is a mean over rows (Dr. GRPO's ``seq_sum_norm``; micro-batches have
+    equal row counts, so equal weights give the whole minibatch's row mean).
 
     mask: [M, R] response mask of one worker's minibatch, cut into M / micro consecutive micro-batches. DeepSpeed
     divides each micro-batch's loss by the accumulation steps; with these weights the accumulated gradient is that
     of the token mean over the whole minibatch. A minibatch without response tokens weights its micro-batches 1.
     """
     parts = mask.shape[0] // micro
+    if by == "rows":
+        return [1.0] * parts
     tokens = mask.reshape(parts, micro, -1).float().sum(dim=(1, 2))
     total = float(tokens.sum())
     if total == 0:
@@ -54,14 +58,14 @@ def micro_weights(mask: torch.Tensor, micro: int) -> list[float]:
 
 
 def run_update(engine, experience: Experience, epochs: int, size: int, seed: int, loss_fn: LossFn,
-               device: torch.device, micro: int | None = None, snap: snapshot.Snapshot | None = None
-               ) -> dict[str, float]:
+               device: torch.device, micro: int | None = None, snap: snapshot.Snapshot | None = None,
+               weigh_by: str = "tokens") -> dict[str, float]:
     """Minibatch epochs of ``loss_fn`` on this worker's rows; returns stats averaged over steps and ranks.
 
     ``size``: rows per minibatch on this worker; ``micro``: rows per forward/backward (default ``size``; must
     divide it and match the engine's gradient_accumulation_steps = size / micro). ``snap``: the engine's state
     before this update (taken here when not given). On a non-finite loss the engine is restored to ``snap`` and
-    stats carry ``nonfinite_loss`` = 1.
+    stats carry ``nonfinite_loss`` = 1. ``weigh_by``: how micro-batch losses combine (``micro_weights``).
     """
     micro = micro or size
     if size % micro:
@@ -71,7 +75,7 @@ def run_update(engine, experience: Experience, epochs: int, size: int, seed: int
     steps, nonfinite = 0, 0.0
     for idx in minibatch_order(len(experience), size, epochs, seed):
         batch = map_tensors(select_rows(experience, idx), lambda t: t.to(device, non_blocking=True))
-        weights = micro_weights(batch.rollout.response_mask, micro)
+        weights = micro_weights(batch.rollout.response_mask, micro, weigh_by)
         step_sums: dict[str, float] = {}
         for m, weight in enumerate(weights):
             loss, stats = loss_fn(engine, select_rows(batch, slice(m * micro, (m + 1) * micro)))

@@ -157,7 +157,12 @@ class TrainedRole(RoleWorker):
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
         self.before_update = snapshot.take(self.engine)
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
-                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update)
+                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update,
+                          weigh_by=self.loss_weighting())
+
+    def loss_weighting(self) -> str:
+        """How micro-batch losses combine into the minibatch's: by response tokens (token-mean losses)."""
+        return "tokens"
 
     def rollback(self) -> None:
         """Undo the last ``train`` (every rank restores its own shard; no collective)."""
@@ -237,6 +242,10 @@ class ActorWorker(TrainedRole):
         from rlhf.models.lora import merge_lora_state_dict
 
         return self.engine.module, merge_lora_state_dict(state_dict, self.spec.lora.scaling)
+
+    def loss_weighting(self) -> str:
+        # Dr. GRPO's loss is a mean over rows of token sums: micro-batches (equal row counts) weigh the same.
+        return "rows" if ESTIMATORS[self.spec.algo.estimator].loss_agg == "seq_sum_norm" else "tokens"
 
     def loss(self, engine, batch: Experience):
         algo, mask = self.spec.algo, batch.rollout.response_mask
