@@ -5,7 +5,8 @@ Each epoch is a fresh permutation of the rows cut into minibatches, as in TRL's 
 One minibatch is one optimizer step; a worker's share of it runs as ``micro``-row micro-batches with gradient
 accumulation (DeepSpeed's gradient_accumulation_steps = rows per worker / micro; engine.step() steps at the
 boundary). Each micro-batch's loss is weighted by its share of the minibatch's response tokens, so the
-accumulated gradient is the one of the whole minibatch's token-mean loss.
+accumulated gradient is the one of the whole minibatch's token-mean loss (a row-mean loss, Dr. GRPO's, weighs
+micro-batches equally).
 
 Non-finite guard: before each backward, all ranks agree the loss is finite (``collectives.all_finite``). When it
 is not, the update stops and the engine is put back to how it was before the update (``rlhf.engine.snapshot``):
