@@ -99,7 +99,7 @@ def make_models(root: Path) -> tuple[str, str]:
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from rlhf.models.reward import reward_config
+    from rlhf.reward.model import reward_config
     from rlhf.models.tiny import llama_config, materialize
     from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 

@@ -183,7 +183,7 @@ def run(cfg: Config, out: str | Path) -> dict:
 
     out = Path(out)
     if cfg.mode == "preferences" and cfg.preferences.judge.kind == "rm":  # before the policy's actors start
-        from rlhf.models.reward import check_reward_model
+        from rlhf.reward.model import check_reward_model
 
         check_reward_model(cfg.preferences.judge.path)
     inputs = {k: str(resolve_path(v)) for k, v in _inputs(cfg).items() if v and resolve_path(v).exists()}

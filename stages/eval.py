@@ -102,7 +102,7 @@ def load_rows(cfg: Config) -> tuple[list[dict], list[list[dict]], bool]:
 def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.eval.evaluate import evaluate
     from rlhf.models.loading import resolve_model_path
-    from rlhf.models.reward import check_reward_model
+    from rlhf.reward.model import check_reward_model
 
     out = Path(out)
     if cfg.threads:

@@ -24,7 +24,7 @@ from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection
-from rlhf.models.reward import check_reward_model
+from rlhf.reward.model import check_reward_model
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.ppo.config import (AlgorithmSection, CriticSection, EvalSection, LoopSection, PPOResourcesSection,
                              PromptsSection, RewardSection, RolloutSection, default_critic_optim)

@@ -31,7 +31,7 @@ from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
-from rlhf.models.reward import (TokenValues, last_token_scores, load_reward_model, pairwise_loss, reward_config,
+from rlhf.reward.model import (TokenValues, last_token_scores, load_reward_model, pairwise_loss, reward_config,
                                 save_reward_model, unwrap_state_dict)
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.paths import resolve_path

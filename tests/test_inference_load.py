@@ -40,7 +40,7 @@ def test_every_inference_site_takes_the_precision(tiny) -> None:
     """Eval policies and RM, collect teachers, the RM judge and the PPO reference/reward roles."""
     from rlhf.collect.teachers import _GenerationWorker
     from rlhf.eval.policy import Policy
-    from rlhf.models.reward import RewardScorer
+    from rlhf.reward.model import RewardScorer
 
     assert param_dtypes(Policy(tiny, precision="bf16").model) == {torch.bfloat16}
     scorer = RewardScorer(tiny, precision="bf16")

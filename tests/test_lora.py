@@ -16,7 +16,7 @@ from rlhf.engine.loop import LoopSpec, train_loop
 from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import (LoraSection, adapter_parameter_count, apply_lora, merge_lora_state_dict,
                               trainable_parameter_count)
-from rlhf.models.reward import load_reward_model, pairwise_loss
+from rlhf.reward.model import load_reward_model, pairwise_loss
 from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 from rlhf.sections import DeepSpeedSection, OptimSection, TrainSection
 from stages import rm, sft
@@ -133,7 +133,7 @@ def test_lora_sft_run_saves_a_merged_model(tmp_path, base_path, process_group):
 def test_lora_rm_run_saves_a_merged_model(tmp_path, base_path, process_group):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.models.reward import RewardScorer
+    from rlhf.reward.model import RewardScorer
 
     tok = load_tokenizer(base_path)
     cfg = rm.Config.model_validate({"data": {"path": "data/preferences.jsonl", "limit": 48, "template": "koala",

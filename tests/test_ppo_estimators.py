@@ -161,3 +161,17 @@ def test_best_tracker_picks_the_best_iteration() -> None:
     again.load_state_dict(best.state_dict())
     assert not again.update(30, 0.45) and again.update(30, 0.6)
     assert trim_to_multiple(list(range(7)), [2, 3]) == list(range(6))
+
+
+def test_micro_batch_weights_by_rows_for_the_dr_grpo_loss() -> None:
+    """Micro-batch losses recombine into the minibatch's: by token share for token means, equally for row means."""
+    from rlhf.ppo.minibatch import micro_weights
+
+    x, mask = t([[1.0, 2.0, 3.0], [4.0, 7.0, 7.0], [1.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), \
+        t([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]])
+    for mode, by in (("token_mean", "tokens"), ("seq_sum_norm", "rows")):
+        whole = aggregate(x, mask, mode, horizon=3)
+        weights = micro_weights(mask, 2, by)
+        parts = [aggregate(x[i:i + 2], mask[i:i + 2], mode, horizon=3) for i in (0, 2)]
+        # DeepSpeed divides each micro-batch's loss by the 2 accumulation steps.
+        assert sum(w * p for w, p in zip(weights, parts)).item() / 2 == pytest.approx(whole.item()), mode

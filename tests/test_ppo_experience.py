@@ -17,7 +17,7 @@ from rlhf.ppo.losses import entropy_bonus
 from rlhf.ppo.masking import masked_mean
 from rlhf.ppo.minibatch import minibatch_order
 from rlhf.ppo.placement import Slot, plan
-from rlhf.ppo.rewards import RunningMoments
+from rlhf.reward.shaping import RunningMoments
 
 EOS, PAD = 2, 3
 
@@ -147,7 +147,7 @@ def test_batched_logprobs_match_unpadded_forward() -> None:
 
 
 def test_batched_values_match_unpadded_forward() -> None:
-    from rlhf.models.reward import TokenValues
+    from rlhf.reward.model import TokenValues
 
     critic = TokenValues(tiny_llama("LlamaForSequenceClassification"))
     r = two_rows()

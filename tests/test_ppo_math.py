@@ -12,7 +12,7 @@ from rlhf.ppo.estimators import gae
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf.ppo.losses import entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
 from rlhf.ppo.masking import masked_mean, masked_sum, masked_var, masked_whiten, response_mask
-from rlhf.ppo.rewards import RunningMoments, clip_reward, compose_rewards, normalize_score
+from rlhf.reward.shaping import RunningMoments, clip_reward, compose_rewards, normalize_score
 
 D = torch.float64
 

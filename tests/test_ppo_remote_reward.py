@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rlhf.errors import UserError
-from rlhf.ppo.remote_reward import RemoteReward, RemoteRewardError, detect_protocol
+from rlhf.reward.remote import RemoteReward, RemoteRewardError, detect_protocol
 from rlhf.reward.functions import count_occurrences, load_reward_function
 
 

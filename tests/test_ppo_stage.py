@@ -88,7 +88,7 @@ def make_reward_model(path: Path) -> Path:
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from rlhf.models.reward import reward_config
+    from rlhf.reward.model import reward_config
     from rlhf.models.tiny import llama_config
     from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 
@@ -116,7 +116,7 @@ def test_reward_model_two_actor_workers_zero2_colocated(tmp_path):
     rows = good_rows(out)
     assert len(rows) == 3 and all(r["reward_std"] > 0 for r in rows)
     assert "GENERATED" in load_and_generate_plain(out / "actor")
-    from rlhf.models.reward import RewardScorer
+    from rlhf.reward.model import RewardScorer
 
     critic = RewardScorer(str(out / "critic"))  # the trained critic is an RM-format dir again
     assert len(critic.score_texts(["USER: hi\nASSISTANT: hello"])) == 1

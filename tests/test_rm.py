@@ -13,7 +13,7 @@ from rlhf.data.templates import encode_prompt_response
 from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.errors import UserError
 from rlhf.models.loading import resolve_model_path
-from rlhf.models.reward import (RewardScorer, TokenValues, last_token_scores, load_reward_model, pairwise_loss,
+from rlhf.reward.model import (RewardScorer, TokenValues, last_token_scores, load_reward_model, pairwise_loss,
                                 save_reward_model,
                                 reward_config, unwrap_state_dict)
 from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer

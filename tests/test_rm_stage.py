@@ -10,7 +10,7 @@ import torch
 from rlhf.config import load_config
 from rlhf.data.splits import load_examples
 from rlhf.metrics import read_metrics
-from rlhf.models.reward import RewardScorer
+from rlhf.reward.model import RewardScorer
 from rlhf.paths import CONFIGS_DIR
 from stages import rm
 

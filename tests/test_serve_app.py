@@ -13,12 +13,12 @@ import torch
 
 from rlhf.errors import UserError
 from rlhf.paths import CONFIGS_DIR
-from rlhf.models.reward import RewardScorer
+from rlhf.reward.model import RewardScorer
 from rlhf.serve.app import build_app
 from rlhf.serve.auth import presented_token, read_token, token_digest, token_matches
 from rlhf.serve.config import LimitsSection
 from rlhf.net import is_loopback
-from rlhf.models.reward import check_reward_model
+from rlhf.reward.model import check_reward_model
 from rlhf.serve.launch import deployment_options
 from rlhf.serve.random_rm import write_random_reward_model
 from rlhf.serve.scoring import RewardBackend

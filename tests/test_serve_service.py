@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from rlhf.data.templates import render_text
-from rlhf.models.reward import RewardScorer
+from rlhf.reward.model import RewardScorer
 from rlhf.serve.auth import token_digest
 from rlhf.serve.config import ServeConfig
 from rlhf.serve.launch import free_port, metrics_url, start_service, stop_service, wait_healthy
@@ -168,7 +168,7 @@ def test_prometheus_metrics(service):
 
 def test_ppo_remote_reward_client(service):
     """PPO's RemoteReward (reward.url) against the service: the same scores as the RM offline, both protocols."""
-    from rlhf.ppo.remote_reward import RemoteReward
+    from rlhf.reward.remote import RemoteReward
 
     pairs = make_pairs(8, seed=3)
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]

@@ -5,7 +5,7 @@
   :func:`reference_judge` here, which prefers the response closest to a reference answer), with optional label
   noise, as AlpacaFarm's simulated annotators (Dubois et al. 2023, arXiv:2305.14387, Sec. 3.2) flip about 25% of
   labels: passed on as ``noise=`` to a callable that takes it, else each pair is swapped with that probability;
-- ``rm``: a reward-model dir scored with :class:`rlhf.models.reward.RewardScorer`; the best-scored response is
+- ``rm``: a reward-model dir scored with :class:`rlhf.reward.model.RewardScorer`; the best-scored response is
   chosen and the worst rejected (InstructGPT ranks K samples with its RM the same way);
 - ``openai``: an LLM judge behind an OpenAI-compatible API, asked pairwise about the first two distinct
   responses, in both orders; a pair is kept only when both orders agree, since judges favour a position
@@ -195,7 +195,7 @@ class ProgrammaticJudge(_NoisyJudge):
 
 class RewardModelJudge(_NoisyJudge):
     def __init__(self, section: JudgeSection) -> None:
-        from rlhf.models.reward import RewardScorer, check_reward_model
+        from rlhf.reward.model import RewardScorer, check_reward_model
         from rlhf.paths import resolve_path
 
         super().__init__(section.noise or 0.0, section.seed)

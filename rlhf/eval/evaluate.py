@@ -105,7 +105,7 @@ def evaluate(cfg, rows: list[dict], messages: list[Messages], use_oracle: bool,
 
 
 def _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, result, names) -> None:
-    from rlhf.models.reward import RewardScorer
+    from rlhf.reward.model import RewardScorer
     from rlhf.models.loading import resolve_model_path
 
     scorer = RewardScorer(resolve_model_path(cfg.reward_model), device="auto", precision=cfg.precision)

@@ -32,7 +32,7 @@ def clean_pairs(rows: list[dict], response_lists: list[list[str]], seed: int = 0
 
 
 def rm_scores(scorer, prompts: list[Messages], responses: list[str], batch_size: int = 64) -> list[float]:
-    """Raw RM scores (``rlhf.models.reward.RewardScorer``) of each (prompt, response)."""
+    """Raw RM scores (``rlhf.reward.model.RewardScorer``) of each (prompt, response)."""
     return scorer.score_pairs(prompts, responses, batch_size=batch_size) if responses else []
 
 

@@ -79,7 +79,7 @@ def load_for_inference(path: str, kind: Literal["causal_lm", "reward"] = "causal
     dev = inference_device("auto" if keep else device)
     dtype = inference_dtype(precision, dev)
     if kind == "reward":
-        from rlhf.models.reward import load_reward_model
+        from rlhf.reward.model import load_reward_model
 
         model = load_reward_model(path, dtype, **kwargs)
     else:

@@ -258,7 +258,7 @@ def estimate_ppo(name: str, cfg, hw: Hardware) -> StagePlan:
         ref = frozen_role("ref", cfg.actor.path, actor_shape, a_params, ds, hw, res.ref_workers, fwd, seq, new + 1)
     if cfg.reward.model:
         r_shape = model_shape(cfg.reward.model, cfg.actor.tokenizer)
-        # Only ZeRO-3 shards the reward model; otherwise each worker holds it whole (rlhf.models.reward).
+        # Only ZeRO-3 shards the reward model; otherwise each worker holds it whole (rlhf.reward.model).
         reward = frozen_role("reward", cfg.reward.model, r_shape, r_shape.value_model_params(),
                              ds.model_copy(update={"zero_stage": 0}), hw, res.reward_workers, fwd, seq, 0)
     else:

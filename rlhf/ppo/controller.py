@@ -33,7 +33,7 @@ from rlhf.ppo.group import RoleGroup
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController
 from rlhf.ppo.masking import masked_mean
 from rlhf.ppo.prompts import Prompt
-from rlhf.ppo.rewards import RunningMoments
+from rlhf.reward.shaping import RunningMoments
 
 LATEST = "latest.json"
 

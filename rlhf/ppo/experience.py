@@ -18,7 +18,7 @@ from rlhf.ppo.config import AlgorithmSection, RewardSection
 from rlhf.ppo.kl import kl_penalty
 from rlhf.ppo.losses import entropy_from_logits, logprobs_from_logits
 from rlhf.ppo.masking import masked_mean, masked_sum, masked_whiten
-from rlhf.ppo.rewards import RunningMoments, clip_reward, compose_rewards, normalize_score
+from rlhf.reward.shaping import RunningMoments, clip_reward, compose_rewards, normalize_score
 
 
 @dataclass
@@ -113,7 +113,7 @@ def response_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
 def response_token_values(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     """[B, R] critic values V(s) at the states before each response token (TRL ``full_value[:, P-1:-1]``).
 
-    ``model`` maps (input_ids, attention_mask) to per-token values [B, P + R] (``rlhf.models.reward.TokenValues``).
+    ``model`` maps (input_ids, attention_mask) to per-token values [B, P + R] (``rlhf.reward.model.TokenValues``).
     """
     R = rollout.response_width
     values = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask)

@@ -66,7 +66,7 @@ def run_update(engine, experience: Experience, epochs: int, size: int, seed: int
     divide it and match the engine's gradient_accumulation_steps = size / micro); ``weigh_by``: how ``loss_fn``
     averages, "tokens" or "rows" (see ``micro_weights``). ``snap``: the engine's state
     before this update (taken here when not given). On a non-finite loss the engine is restored to ``snap`` and
-    stats carry ``nonfinite_loss`` = 1.
+    stats carry ``nonfinite_loss`` = 1. ``weigh_by``: how micro-batch losses combine (``micro_weights``).
     """
     micro = micro or size
     if size % micro:

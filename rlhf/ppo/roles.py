@@ -273,7 +273,7 @@ class CriticWorker(TrainedRole):
     """The value function: per-token values from a reward-model-shaped network, clipped value loss."""
 
     def setup(self) -> None:
-        from rlhf.models.reward import TokenValues, load_reward_model
+        from rlhf.reward.model import TokenValues, load_reward_model
         from rlhf.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(self.spec.tokenizer_path)
@@ -302,7 +302,7 @@ class CriticWorker(TrainedRole):
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
         from rlhf.models.lora import merge_lora_state_dict
-        from rlhf.models.reward import unwrap_state_dict
+        from rlhf.reward.model import unwrap_state_dict
 
         state_dict = unwrap_state_dict(state_dict)
         if self.spec.lora is not None:

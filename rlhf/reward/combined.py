@@ -25,7 +25,7 @@ def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 
     ``precision``: the reward model's weights (rlhf.models.loading.inference_dtype: auto = bf16 on GPU, fp32 on CPU)."""
     sources: list[tuple[str, Source]] = []
     if reward.model:
-        from rlhf.models.reward import RewardScorer
+        from rlhf.reward.model import RewardScorer
 
         scorer = RewardScorer(reward.model, device=device, precision=precision)
         normalize = scorer.mean is not None and bool(scorer.std)
@@ -36,7 +36,7 @@ def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 
         rm.scorer = scorer  # the loaded model, for callers that inspect it (its dtype, device)
         sources.append(("model", rm))
     if reward.url:
-        from rlhf.ppo.remote_reward import RemoteReward
+        from rlhf.reward.remote import RemoteReward
 
         remote = RemoteReward(reward.url, reward.protocol, reward.timeout_s, reward.retries)
         if remote.protocol == "get_reward":

@@ -43,7 +43,7 @@ def start_service(cfg: ServeConfig, token_sha256: str | None = None) -> str:
     from ray import serve
 
     from rlhf.engine.launch import ensure_ray
-    from rlhf.models.reward import check_reward_model
+    from rlhf.reward.model import check_reward_model
     from rlhf.serve.deployment import RewardModelServer
 
     model_dir = resolve_path(cfg.model_dir)  # a local dir: an absolute path is never taken for a hub id

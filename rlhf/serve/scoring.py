@@ -1,4 +1,4 @@
-"""The service's side of scoring: RewardScorer (rlhf.models.reward, shared with the rm stage and PPO) split into
+"""The service's side of scoring: RewardScorer (rlhf.reward.model, shared with the rm stage and PPO) split into
 encoding, done per request, and the forward pass, done per batch of items from many requests.
 
 Encoding uses exactly the scorer's own paths (``encode_prompt_response`` with the RM's template and max length
@@ -21,7 +21,7 @@ class RewardBackend:
 
     def __init__(self, model_dir: str, device: str = "auto", dtype: str = "auto", normalize_get_reward: bool = False,
                  score_batch_size: int = 32):
-        from rlhf.models.reward import RewardScorer
+        from rlhf.reward.model import RewardScorer
 
         self.scorer = RewardScorer(model_dir, device=device, precision=dtype)
         self.model_name = Path(model_dir).name
