@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from rlhf.config import Section
 
@@ -63,7 +63,12 @@ class TrainSection(Section):
 
 class ResourcesSection(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per worker; auto = if the cluster has GPUs")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="GPUs for the workers; auto = if the cluster has GPUs")
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share per worker with use_gpu; 0.5 puts 2 ranks on a GPU")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="collectives on GPU: auto = nccl with whole GPUs, gloo with shared ones (NCCL refuses "
+                            "two ranks on one GPU); always gloo on CPU"
+    )
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
@@ -72,9 +77,31 @@ class ResourcesSection(Section):
                                                    "they resume from the newest checkpoint in OUT/checkpoints")
 
 
-class DataSection(Section):
-    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet) or hub dataset name")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
+class SourceSection(Section):
+    """Where records come from; every data section that names a source has these three keys."""
+
+    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet), hf://datasets/<repo>/<file>, "
+                                       "dataset folder or hub dataset name")
+    config: str | None = Field(None, description="config (subset) of a hub dataset or dataset folder")
+    split: str | None = Field(None, description="split of a hub dataset or dataset folder (default train)")
+
+
+def _path_alone(value: object) -> object:
+    return {"path": value} if isinstance(value, str) else value
+
+
+# A source given as a bare path string or as {path, config, split}.
+Source = Annotated[SourceSection, BeforeValidator(_path_alone)]
+
+
+def read_source(source: SourceSection):
+    """The rows of ``source`` (see :func:`rlhf.data.io.read_rows`)."""
+    from rlhf.data.io import read_rows
+
+    return read_rows(source.path, source.split, source.config)
+
+
+class DataSection(SourceSection):
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="record format; auto detects by keys"
     )

@@ -34,14 +34,15 @@ from rlhf.collect.self_instruct import SelfInstructSection, generate_instruction
 from rlhf.collect.sharegpt import clean_conversations
 from rlhf.collect.teachers import build_teacher
 from rlhf.config import Section
-from rlhf.data.io import read_rows, write_jsonl
+from rlhf.data.io import write_jsonl
+from rlhf.sections import SourceSection, read_source
 from rlhf.manifest import StageRun, write_json_atomic
 from rlhf.models.tokenizer import EMBEDDED_TOKENIZER
 
 MODES = ("self_instruct", "sharegpt", "mix", "preferences")
 
 
-class ShareGPTSection(Section):
+class ShareGPTSection(SourceSection):
     path: str = Field(..., description="ShareGPT conversations: .json list or .jsonl of {id, conversations}")
     tokenizer: str = Field(EMBEDDED_TOKENIZER, description="tokenizer that measures length: path, hub id, embedded:*")
     max_length: int = Field(2048, gt=0, description="tokens per chunk; longer conversations split at turns")
@@ -51,8 +52,7 @@ class ShareGPTSection(Section):
     turn_overhead: int = Field(6, ge=0, description="template tokens counted per turn when splitting")
 
 
-class MixSourceSection(Section):
-    path: str = Field(..., description="local file or hub dataset")
+class MixSourceSection(SourceSection):
     format: Literal[MIX_FORMATS] = Field("auto", description="record format (preference and hh for feedback data)")  # type: ignore[valid-type]
     weight: float = Field(1.0, ge=0, description="share of `total` (or a multiplier on the size when total unset)")
     kind: Literal[MIX_KINDS] = Field("sft", description="preference: chosen and rejected both kept, with markers")  # type: ignore[valid-type]
@@ -123,7 +123,7 @@ def _load_length_tokenizer(name: str):
 
 
 def _run_sharegpt(section: ShareGPTSection, out: Path) -> tuple[dict, dict]:
-    rows = read_rows(section.path)
+    rows = read_source(section)
     kept, stats = clean_conversations(
         [row.data for row in rows], _load_length_tokenizer(section.tokenizer), section.max_length, section.lang,
         min_chars=section.min_chars, blocked_words=section.blocked_words, turn_overhead=section.turn_overhead,
@@ -134,7 +134,7 @@ def _run_sharegpt(section: ShareGPTSection, out: Path) -> tuple[dict, dict]:
 
 
 def _run_mix(section: MixSection, out: Path) -> tuple[dict, dict]:
-    sources = [Source(s.path, s.format, s.weight, s.kind) for s in section.sources]
+    sources = [Source(s.path, s.format, s.weight, s.kind, s.config, s.split) for s in section.sources]
     markers = Markers(section.positive_marker, section.negative_marker) if section.markers else None
     rows = mix_sources(sources, section.total, section.seed, markers)
     write_jsonl(out / "data.jsonl", rows)
@@ -156,7 +156,8 @@ def _run_preferences(section: PreferencesSection, out: Path) -> tuple[dict, dict
         write_jsonl(out / "to_label.jsonl", result.to_label)
         outputs |= {"samples": out / "samples.jsonl", "to_label": out / "to_label.jsonl"}
     metrics = {
-        "prompts": result.prompts, "records": len(result.records), "drops": dict(sorted(result.drops.items())),
+        "prompts": result.prompts, "prompts_truncated": result.prompts_truncated, "records": len(result.records),
+        "drops": dict(sorted(result.drops.items())),
         "judge": {"kind": section.judge.kind, **result.judge_stats},
     }
     return metrics, outputs
@@ -174,13 +175,17 @@ def _inputs(cfg: Config) -> dict[str, str]:
         return {"data": section.path}
     if cfg.mode == "mix":
         return {f"source_{i}": s.path for i, s in enumerate(section.sources)}
-    return {"prompts": section.prompts, "labels": section.judge.path if section.judge.kind == "labels" else None}
+    return {"prompts": section.prompts and section.prompts.path, "labels": section.judge.path if section.judge.kind == "labels" else None}
 
 
 def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.paths import resolve_path
 
     out = Path(out)
+    if cfg.mode == "preferences" and cfg.preferences.judge.kind == "rm":  # before the policy's actors start
+        from rlhf.models.reward import check_reward_model
+
+        check_reward_model(cfg.preferences.judge.path)
     inputs = {k: str(resolve_path(v)) for k, v in _inputs(cfg).items() if v and resolve_path(v).exists()}
     with StageRun("collect", out, cfg, inputs=inputs) as stage:
         metrics, outputs = RUNNERS[cfg.mode](getattr(cfg, cfg.mode), out)

@@ -26,6 +26,7 @@ from rlhf.dpo.task import DPOTask
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
+from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.lora import LoraSection
 from rlhf.models.tokenizer import load_tokenizer
@@ -158,6 +159,7 @@ def summarize(out: Path, result: dict) -> dict:
 
 def run(cfg: Config, out: str | Path) -> dict:
     out = Path(out)
+    memory_check("dpo", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     model_path = initial_model_path(cfg.model.path, cfg.model.tokenizer)
     tokenizer_path = cfg.model.tokenizer or model_path
     reference_path = initial_model_path(cfg.reference.path, None) if cfg.reference.path else None

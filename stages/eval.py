@@ -28,12 +28,15 @@ import torch
 from pydantic import Field
 
 from rlhf.config import Section
+from rlhf.models.loading import INFERENCE_PRECISION_HELP, InferencePrecision
 from rlhf.data.formats import to_prompt_messages
-from rlhf.data.io import read_rows, write_jsonl
+from rlhf.data.io import write_jsonl
+from rlhf.sections import Source, read_source
 from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.eval.judge import LLMJudgeSection
 from rlhf.manifest import StageRun, write_json_atomic
+from rlhf.sampling.config import GenerationSection
 
 EVAL_FILE = "eval.json"
 
@@ -64,7 +67,8 @@ class Config(Section):
     policy_name: str = Field("ppo", description="name of the policy in eval.json and the report")
     baseline_name: str = Field("sft", description="name of the baseline in eval.json and the report")
     tokenizer: str | None = Field(None, description="tokenizer path; default: each policy's own")
-    prompts: str = Field(..., description="held-out prompt rows (task-world rows carry 'task' for the oracle)")
+    prompts: Source = Field(..., description="held-out prompt rows (task-world rows carry 'task' for the oracle): a "
+                                             "path, or {path, config, split} for a hub dataset")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="prompt record format; auto detects by keys")
     template: Literal["alpaca", "vicuna", "koala", "chat"] = Field("alpaca", description="the policies' prompt template")
@@ -77,28 +81,35 @@ class Config(Section):
     kl: KLSection = Field(default_factory=KLSection, description="KL(policy || baseline) estimate")
     judge: LLMJudgeSection | None = Field(None, description="optional pairwise LLM judge (OpenAI-compatible API)")
     batch_size: int = Field(64, ge=1, description="sequences per generate/forward call")
+    precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's own)")
 
 
 def load_rows(cfg: Config) -> tuple[list[dict], list[list[dict]], bool]:
     """(rows, prompt messages, whether the oracle scores them)."""
-    rows = read_rows(cfg.prompts)[: cfg.limit]
+    rows = read_source(cfg.prompts)[: cfg.limit]
     if not rows:
-        raise UserError(f"prompts {cfg.prompts}: no rows")
+        raise UserError(f"prompts {cfg.prompts.path}: no rows")
     messages = [to_prompt_messages(r, cfg.format) for r in rows]
     has_tasks = all(isinstance(r.data, dict) and "task" in r.data for r in rows)
     if cfg.oracle == "on" and not has_tasks:
-        raise UserError(f"prompts {cfg.prompts}: oracle: on needs a 'task' field in every row (task-world prompts)")
+        raise UserError(f"prompts {cfg.prompts.path}: oracle: on needs a 'task' field in every row (task-world prompts)")
     return [r.data for r in rows], messages, has_tasks and cfg.oracle != "off"
 
 
 def run(cfg: Config, out: str | Path) -> dict:
     from rlhf.eval.evaluate import evaluate
+    from rlhf.models.loading import resolve_model_path
+    from rlhf.models.reward import check_reward_model
 
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    inputs = {"policy": cfg.policy, "baseline": cfg.baseline, "prompts": cfg.prompts, "reward_model": cfg.reward_model}
+    if cfg.reward_model:  # before any policy loads: a causal-LM dir would score with a random head
+        check_reward_model(resolve_model_path(cfg.reward_model))
+    inputs = {"policy": cfg.policy, "baseline": cfg.baseline, "prompts": cfg.prompts.path, "reward_model": cfg.reward_model}
     with StageRun("eval", out, cfg, inputs={k: v for k, v in inputs.items() if v and Path(v).exists()}) as stage:
         rows, messages, use_oracle = load_rows(cfg)
         print(f"[rlhf] eval: {cfg.policy_name} vs {cfg.baseline_name if cfg.baseline else '-'} on {len(rows)} "

@@ -16,12 +16,15 @@ from pathlib import Path
 from pydantic import Field
 
 from rlhf.config import Section
+from rlhf.engine.collectives import resolve_backend
 from rlhf.engine.launch import cluster_has_gpus, ensure_ray, root_cause, worker_env
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
 from rlhf.plan.check import memory_check
 from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
+from rlhf.models.lora import LoraSection
+from rlhf.models.reward import check_reward_model
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.ppo.config import (AlgorithmSection, CriticSection, EvalSection, LoopSection, PPOResourcesSection,
                              PromptsSection, RewardSection, RolloutSection, default_critic_optim)
@@ -44,6 +47,9 @@ class Config(Section):
     actor_optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-5, schedule="constant"),
                                       description="actor optimizer")
     critic_optim: OptimSection = Field(default_factory=default_critic_optim, description="critic optimizer")
+    lora: LoraSection | None = Field(
+        None, description="actor and critic train LoRA adapters (the critic's value head whole); the reference is the "
+                          "actor's base with its adapters off, so no reference workers and no second policy copy")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO and precision (trained roles)")
     resources: PPOResourcesSection = Field(default_factory=PPOResourcesSection, description="workers and placement")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
@@ -71,9 +77,16 @@ def check_batch_arithmetic(cfg: Config) -> None:
         workers = getattr(res, key)
         if n % workers:
             raise UserError(f"{rows} must be a multiple of resources.{key}={workers}")
+    if res.offload_while_generating and cfg.deepspeed.zero_stage == 0:
+        raise UserError("resources.offload_while_generating needs deepspeed.zero_stage >= 1 (DeepSpeed offload_states)")
+    micro = cfg.algorithm.micro_batch_size
     for key in trained:
         if mb % getattr(res, key):
             raise UserError(f"algorithm.mini_batch_size={mb} must be a multiple of resources.{key}={getattr(res, key)}")
+        share = mb // getattr(res, key)
+        if micro and micro < share and share % micro:
+            raise UserError(f"algorithm.mini_batch_size={mb} over resources.{key}={getattr(res, key)} gives {share} "
+                            f"rows per worker, not a multiple of algorithm.micro_batch_size={micro}")
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:
@@ -113,7 +126,7 @@ def run(cfg: Config, out: str | Path) -> dict:
     memory_check("ppo", cfg)  # on GPUs: refuse a plan that does not fit, before anything loads
     actor_path = resolve_model_path(cfg.actor.path, cfg.actor.tokenizer)
     tokenizer_path = cfg.actor.tokenizer or actor_path
-    reward_model = resolve_model_path(cfg.reward.model) if cfg.reward.model else None
+    reward_model = check_reward_model(resolve_model_path(cfg.reward.model)) if cfg.reward.model else None
     critic_path = None
     if uses_critic(cfg):
         critic_path = resolve_model_path(cfg.critic.path) if cfg.critic.path else (reward_model or actor_path)
@@ -198,17 +211,21 @@ class launch_roles:
         ensure_ray(res.address)
         use_gpu = cluster_has_gpus() if res.use_gpu == "auto" else bool(res.use_gpu)
         with_critic = uses_critic(cfg)
-        bundles, slots = plan(res, use_gpu, with_critic)
+        # With LoRA the actor's base is the reference: no reference workers, no bundles for them.
+        skip = (() if with_critic else ("critic",)) + (("ref",) if cfg.lora is not None else ())
+        bundles, slots = plan(res, use_gpu, skip=skip)
         self.pg = create_placement_group(bundles)
         threads = res.threads_per_worker or max(1, round(res.cpus_per_bundle))
         rows = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
         steps = cfg.loop.iterations * cfg.algorithm.ppo_epochs * (rows // cfg.algorithm.mini_batch_size)
         common = dict(tokenizer_path=tokenizer_path, deepspeed=cfg.deepspeed, algo=cfg.algorithm,
-                      rollout=cfg.rollout, threads=threads, seed=cfg.loop.seed, total_steps=steps, env=worker_env())
+                      rollout=cfg.rollout, threads=threads, seed=cfg.loop.seed, total_steps=steps, env=worker_env(),
+                      backend=resolve_backend(res.backend, use_gpu, res.gpus_per_bundle))
         specs = {
-            "actor": RoleSpec(model_path=actor_path, optim=cfg.actor_optim, gradient_checkpointing=cfg.actor.gradient_checkpointing,
+            "actor": RoleSpec(model_path=actor_path, optim=cfg.actor_optim, lora=cfg.lora,
+                              gradient_checkpointing=cfg.actor.gradient_checkpointing,
                               mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.actor_workers, **common),
-            "critic": RoleSpec(model_path=critic_path or "", optim=cfg.critic_optim,
+            "critic": RoleSpec(model_path=critic_path or "", optim=cfg.critic_optim, lora=cfg.lora,
                                gradient_checkpointing=cfg.critic.gradient_checkpointing,
                                mini_batch_per_worker=cfg.algorithm.mini_batch_size // res.critic_workers, **common),
             "ref": RoleSpec(model_path=actor_path, **common),
@@ -216,8 +233,10 @@ class launch_roles:
                                eval_function=cfg.eval.function, eval_kwargs=dict(cfg.eval.kwargs), **common),
         }
         classes = {"actor": ActorWorker, "critic": CriticWorker, "ref": ReferenceWorker, "reward": RewardWorker}
-        built = {"critic": None}
-        for role in ("actor", "critic", "ref", "reward") if with_critic else ("actor", "ref", "reward"):
+        built = {"critic": None, "ref": None}
+        for role in ("actor", "critic", "ref", "reward"):
+            if role in skip:
+                continue
             built[role] = RoleGroup(role, classes[role], specs[role], slots[role], self.pg)
             self.groups.append(built[role])
         # All roles load their models at the same time; each group still rendezvouses on its own port.

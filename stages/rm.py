@@ -24,7 +24,6 @@ from rlhf.data.io import read_rows
 from rlhf.data.preferences import Pair, load_pairs
 from rlhf.data.splits import load_examples, save_examples, split_eval
 from rlhf.data.templates import encode_prompt_response
-from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.engine.supervised import run_supervised
 from rlhf.errors import UserError
 from rlhf.manifest import StageRun
@@ -33,16 +32,16 @@ from rlhf.metrics import read_metrics
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.reward import (TokenValues, last_token_scores, load_reward_model, pairwise_loss, reward_config,
-                                unwrap_state_dict)
+                                save_reward_model, unwrap_state_dict)
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.paths import resolve_path
-from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.sections import (
+    DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, SourceSection, TrainSection, read_source,
+)
 from rlhf.trackers import LoggingSection
 
 
-class PreferenceDataSection(Section):
-    path: str = Field(..., description="local file (json, jsonl, jsonl.gz, parquet) or hub dataset name")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
+class PreferenceDataSection(SourceSection):
     format: Literal["auto", "pairs", "deepspeed_chat", "hh", "colossal"] = Field(
         "auto", description="pairs {prompt, chosen, rejected}; hh (Anthropic transcripts); deepspeed_chat; "
                             "colossal {context, chosen, rejected}; auto detects by keys")
@@ -152,7 +151,7 @@ class RewardTask:
             state_dict = merge_lora_state_dict(state_dict, self.lora.scaling)
         stats = self.reward_stats or {}
         extra = reward_config(stats.get("reward_mean"), stats.get("reward_std"), self.template, self.max_length)
-        save_hf_dir(engine.module.classifier, state_dict, load_tokenizer(self.tokenizer_path), out_dir, extra)
+        save_reward_model(engine.module.classifier, state_dict, load_tokenizer(self.tokenizer_path), out_dir, extra)
 
 
 def initial_model_path(path: str, tokenizer: str | None) -> str:
@@ -179,7 +178,7 @@ def encode_pairs(pairs: list[Pair], d: PreferenceDataSection, tokenizer) -> tupl
 def prepare_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict], dict[str, int]]:
     """Rows -> (train, eval) examples and drop counts by reason. Every row is validated here, on the driver."""
     d = cfg.data
-    rows = read_rows(d.path, d.split)[: d.limit]
+    rows = read_source(d)[: d.limit]
     pairs, dropped = load_pairs(rows, d.format, d.margin_key, d.strict)
     if d.eval_path:
         eval_pairs, eval_dropped = load_pairs(read_rows(d.eval_path), d.format, d.margin_key, d.strict)

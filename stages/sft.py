@@ -30,7 +30,9 @@ from rlhf.models.kernels import apply_kernels
 from rlhf.models.loading import load_causal_lm, resolve_model_path
 from rlhf.models.lora import LoraSection, merge_lora_state_dict, prepare_for_training
 from rlhf.models.tokenizer import load_tokenizer
-from rlhf.sections import DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.sections import (
+    DataSection, DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection, read_source,
+)
 from rlhf.trackers import LoggingSection
 
 
@@ -109,7 +111,7 @@ def encode_rows(cfg: Config, tokenizer) -> tuple[list[dict], list[dict], dict[st
     """Rows -> (train, eval) examples with loss masks, and drop counts by reason (train and eval together).
     Every row is validated here, on the driver."""
     d = cfg.data
-    rows = read_rows(d.path, d.split)[: d.limit]
+    rows = read_source(d)[: d.limit]
     if d.eval_path:
         train_rows, eval_rows = rows, read_rows(d.eval_path)
     else:

@@ -97,3 +97,31 @@ def test_real_process_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"rlhf: error: config file not found: {tmp_path / 'missing.yaml'}"]
+
+
+@pytest.fixture(scope="module")
+def causal_lm_dir():
+    from rlhf.models.loading import resolve_model_path
+
+    return resolve_model_path("embedded:tiny-llama")  # an SFT-shaped causal-LM dir, not a reward model
+
+
+@pytest.mark.parametrize("argv", [
+    ["stage", "ppo", "--config", "configs/ppo/tiny.yaml", "reward.function=null", "reward.kwargs={}",
+     "reward.model={rm}"],
+    ["stage", "eval", "--config", "configs/eval/tiny.yaml", "reward_model={rm}"],
+    ["stage", "collect", "--config", "configs/collect/tiny-preferences.yaml", "preferences.judge.kind=rm",
+     "preferences.judge.callable=null", "preferences.judge.path={rm}"],
+    ["serve", "{rm}"],
+], ids=["ppo", "eval", "collect", "serve"])
+def test_a_causal_lm_is_refused_as_a_reward_model(capsys, tmp_path, causal_lm_dir, argv):
+    """Every place that loads an RM checks its config.json first; HF would give a causal LM a random score head."""
+    from rlhf.paths import REPO_ROOT
+
+    argv = [a.replace("{rm}", causal_lm_dir).replace("configs/", f"{REPO_ROOT}/configs/") for a in argv]
+    if argv[0] == "stage":
+        argv[4:4] = ["--out", str(tmp_path / "o")]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    check_one_line(code, err, "not a reward model", "LlamaForCausalLM")
+    assert not (tmp_path / "o" / "manifest.json").exists()

@@ -49,6 +49,6 @@ def test_hf_teacher_samples_in_ray_actors(tmp_path):
                  "self_instruct.prompts_per_round=3"]
     manifest = collect.run(load_config(collect.Config, CONFIGS / "tiny-self-instruct.yaml", overrides), tmp_path)
     metrics = manifest["metrics"]
-    assert metrics["teacher"] == {"kind": "hf", "generate_calls": 1} and metrics["rounds"] == 1
+    assert metrics["teacher"] == {"kind": "hf", "generate_calls": 1, "prompts_truncated": 0} and metrics["rounds"] == 1
     # An untrained model writes no numbered tasks: each of the 3 replies is a counted drop.
     assert metrics["drops"] == {"unparseable_reply": 3} and metrics["records"] == 0

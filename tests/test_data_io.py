@@ -92,6 +92,49 @@ def test_hub_name_offline_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> No
         read_rows("no-such-org/no-such-dataset")
 
 
+def _two_config_dataset(root: Path) -> Path:
+    """A dataset folder laid out as on the hub: two configs declared in the card, one without a train split
+    (as alpaca_farm's instructions config: sft, preference, unlabeled, val)."""
+    (root / "instructions").mkdir(parents=True)
+    (root / "eval").mkdir()
+    _write(root / "instructions" / "sft.jsonl", json.dumps(RECORDS[0]) + "\n")
+    _write(root / "instructions" / "unlabeled.jsonl", json.dumps(RECORDS[1]) + "\n")
+    _write(root / "eval" / "eval.json", json.dumps(RECORDS))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: instructions\n  data_files:\n"
+        "  - {split: sft, path: instructions/sft.jsonl}\n  - {split: unlabeled, path: instructions/unlabeled.jsonl}\n"
+        "- config_name: evaluation\n  data_files:\n  - {split: eval, path: eval/eval.json}\n"
+        "---\n# two configs\n", encoding="utf-8")
+    return root
+
+
+def test_dataset_folder_config_and_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = str(_two_config_dataset(tmp_path / "ds"))
+    rows = read_rows(folder, split="unlabeled", config="instructions")
+    assert [r.data for r in rows] == [RECORDS[1]]
+    assert rows[0].where == f"{folder}[instructions:unlabeled][0]"
+    assert [r.data for r in read_rows(folder, split="eval", config="evaluation")] == RECORDS
+    with pytest.raises(UserError, match=r"config 'instructions', split 'train'"):  # no train split: say which
+        read_rows(folder, config="instructions")
+    with pytest.raises(UserError, match=r"config 'nope'"):
+        read_rows(folder, split="sft", config="nope")
+
+
+def test_a_single_file_takes_no_config_or_split(tmp_path: Path) -> None:
+    source = _write(tmp_path / "x.json", json.dumps(RECORDS))
+    with pytest.raises(UserError, match=r"x\.json: a single data file has no config or split"):
+        read_rows(source, split="test")
+
+
+def test_hf_file_url_picks_the_builder_by_suffix(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^hf://datasets/o/d/x\.csv: unsupported data file"):
+        read_rows("hf://datasets/o/d/x.csv")
+
+
 def test_alpaca_with_and_without_input() -> None:
     row = Row({"instruction": "Reverse the word.", "input": "abc", "output": "cba"}, "f.jsonl:1")
     assert detect_format(row) == "alpaca"

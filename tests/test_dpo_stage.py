@@ -196,3 +196,26 @@ def test_dpo_two_workers_zero2_kill_resume_reuses_the_reference_cache(tmp_path):
     assert not (live / "reference_logps.pt").exists()
     first_loss = [r["loss"] for r in read_metrics(out) if "loss" in r][0]
     assert [r["loss"] for r in read_metrics(live) if "loss" in r][0] == pytest.approx(first_loss, abs=1e-4)
+
+
+def test_kto_reads_an_unpaired_file_and_pairs_as_desirable_and_undesirable(tmp_path):
+    from rlhf.config import load_config
+    from rlhf.models.loading import resolve_model_path
+    from rlhf.models.tokenizer import load_tokenizer
+    from stages import dpo
+
+    tok = load_tokenizer(resolve_model_path("embedded:tiny-llama"))
+    rows = [{"prompt": f"Q{i}?", "completion": f"A{i}.", "label": i % 3 != 0} for i in range(6)]
+    unpaired = write(tmp_path / "u.jsonl", rows)
+    cfg = load_config(dpo.Config, TINY, [f"data.path={unpaired}", "data.format=unpaired", "loss.kind=kto",
+                                          "data.eval_fraction=0"])
+    train, evals, _ = dpo.prepare_data(cfg, tok)
+    assert [e["label"] for e in train] == [0, 1, 1, 0, 1, 1] and evals == []
+    paired = write(tmp_path / "p.jsonl", [PAIR, {**PAIR, "rejected": "6"}])
+    cfg = load_config(dpo.Config, TINY, [f"data.path={paired}", "loss.kind=kto", "data.eval_fraction=0"])
+    train, _, _ = dpo.prepare_data(cfg, tok)
+    assert [e["label"] for e in train] == [1, 0, 1, 0]
+    bad = write(tmp_path / "b.jsonl", [{"prompt": "Q?", "completion": "A.", "label": "yes"}])
+    cfg = load_config(dpo.Config, TINY, [f"data.path={bad}", "data.format=unpaired", "loss.kind=kto"])
+    with pytest.raises(Exception, match="b.jsonl:1.*label"):
+        dpo.prepare_data(cfg, tok)

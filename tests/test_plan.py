@@ -182,7 +182,7 @@ def test_sft_plan_components_add_up_and_verdicts():
     assert json.loads(json.dumps(d))["roles"][0]["weights"] == role.weights
 
 
-@pytest.mark.parametrize("name", ["rlhf-real", "alpaca-real", "koala-real", "vicuna-real", "rlhf-real-2node"])
+@pytest.mark.parametrize("name", ["rlhf-real", "alpaca-real", "koala-real", "vicuna-real", "dpo-real", "rlhf-real-2node"])
 def test_shipped_real_pipelines_fit_with_headroom(name):
     from rlhf.pipeline.shipped import find_pipeline
     from rlhf.pipeline.spec import load_pipeline
@@ -251,3 +251,62 @@ def test_liger_kernels_keep_less():
     per_seq_liger = 2048 * (shape.num_hidden_layers * (12 * h + 4 * kv + 6 * i) + 8 * h)
     mb = hf.deepspeed.micro_batch_size
     assert (a, b) == (mb * per_seq_hf, mb * per_seq_liger)
+
+
+def test_colocate_all_placement_and_plan():
+    from rlhf.ppo.config import PPOResourcesSection
+    from rlhf.ppo.placement import plan as placement
+
+    res = PPOResourcesSection(actor_workers=2, critic_workers=2, ref_workers=2, reward_workers=2, colocate_all=True)
+    bundles, slots = placement(res, use_gpu=True)
+    assert len(bundles) == 2 and all(b["GPU"] == 1.0 for b in bundles)
+    for role in ("actor", "critic", "ref", "reward"):
+        assert [(s.bundle, s.gpus) for s in slots[role]] == [(0, 0.25), (1, 0.25)]
+    with pytest.raises(ValueError, match="colocate_all needs"):
+        PPOResourcesSection(actor_workers=2, colocate_all=True)
+
+    base = ["actor.path=meta-llama/Meta-Llama-3-8B", "reward.function=null", "reward.kwargs={}",
+            "reward.model=meta-llama/Meta-Llama-3-8B", "deepspeed.zero_stage=3", "prompts.max_prompt_length=512",
+            "rollout.max_new_tokens=512", "rollout.prompts_per_iteration=512", "algorithm.mini_batch_size=64",
+            "actor.gradient_checkpointing=true", "critic.gradient_checkpointing=true", "resources.colocate_all=true",
+            *(f"resources.{k}=8" for k in ("actor_workers", "critic_workers", "ref_workers", "reward_workers"))]
+    hw = Hardware(8, 1, 80 * GiB)
+    awake = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml", base), hw, suggest=False)
+    sleep = estimate_stage("ppo", stage_cfg("ppo", "configs/ppo/tiny.yaml",
+                                            base + ["resources.offload_while_generating=true"]), hw, suggest=False)
+    assert awake.gpus_needed == sleep.gpus_needed == 8
+    [g_awake], [g_sleep] = awake.groups, sleep.groups
+    assert g_awake.roles == ["actor", "critic", "ref", "reward"]
+    roles = {r.role: r for r in awake.roles}
+    asleep = sum(roles[r].gradients + roles[r].optimizer_states for r in ("actor", "critic"))
+    gen = sum(r.states + mem.RESERVED_BYTES + r.transients.get("generate", 0) for r in awake.roles)
+    assert g_awake.peak >= gen
+    assert sleep.to_dict()["groups"][0]["peak"] == max(gen - asleep, *(
+        sum(r.states + mem.RESERVED_BYTES + r.transients.get(p, 0) for r in awake.roles) for p in ("score", "train")))
+
+
+def test_dpo_plan_counts_a_live_reference():
+    over = ["model.path=meta-llama/Meta-Llama-3-8B", "resources.num_workers=8", "deepspeed.zero_stage=3"]
+    pre = estimate_stage("dpo", stage_cfg("dpo", "configs/dpo/tiny.yaml", over), suggest=False)
+    live = estimate_stage("dpo", stage_cfg("dpo", "configs/dpo/tiny.yaml", over + ["reference.mode=live"]),
+                          suggest=False)
+    free = estimate_stage("dpo", stage_cfg("dpo", "configs/dpo/tiny.yaml", over + ["reference.mode=live",
+                                                                                   "loss.kind=simpo"]), suggest=False)
+    assert [r.role for r in pre.roles] == [r.role for r in free.roles] == ["model"]
+    ref = live.roles[1]
+    assert ref.role == "reference" and ref.weights == 2 * 8_030_261_248 // 8 + 4 * 128256 * 4096
+    assert live.gpu_peak > pre.gpu_peak
+
+
+def test_critic_free_ppo_plan_places_no_critic():
+    from rlhf.config import load_config
+    from rlhf.plan.estimate import estimate_stage
+    from stages import ppo
+
+    gae = estimate_stage("ppo", load_config(ppo.Config, "configs/ppo/tiny.yaml", []), suggest=False)
+    grpo = estimate_stage("ppo", load_config(ppo.Config, "configs/ppo/tiny.yaml",
+                                             ["algorithm.estimator=grpo", "rollout.samples_per_prompt=4"]),
+                          suggest=False)
+    assert [r.role for r in gae.roles] == ["actor", "critic", "ref", "reward"] and gae.gpus_needed == 4
+    assert [r.role for r in grpo.roles] == ["actor", "ref", "reward"] and grpo.gpus_needed == 3
+    assert all("critic" not in g.roles for g in grpo.groups)

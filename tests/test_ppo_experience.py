@@ -230,3 +230,18 @@ def test_stage_config_checks() -> None:
     bad = validate(ppo.Config, {**base, "resources": {"actor_workers": 3}}, "t.yaml")
     with pytest.raises(UserError, match="actor_workers"):
         ppo.check_batch_arithmetic(bad)
+    bad = validate(ppo.Config, {**base, "algorithm": {"micro_batch_size": 3}}, "t.yaml")
+    with pytest.raises(UserError, match="micro_batch_size=3"):  # 8 rows per worker
+        ppo.check_batch_arithmetic(bad)
+    ppo.check_batch_arithmetic(validate(ppo.Config, {**base, "algorithm": {"micro_batch_size": 2}}, "t.yaml"))
+
+
+def test_fractional_gpu_bundles_and_backend() -> None:
+    from rlhf.engine.collectives import resolve_backend
+
+    res = PPOResourcesSection(actor_workers=2, gpus_per_bundle=0.5)
+    bundles, slots = plan(res, use_gpu=True)
+    assert bundles[:2] == [{"CPU": 1.0, "GPU": 0.5}] * 2 and slots["actor"] == [Slot(0, 1.0, 0.5), Slot(1, 1.0, 0.5)]
+    assert resolve_backend("auto", on_gpu=True, gpus_per_worker=1.0) == "nccl"
+    assert resolve_backend("auto", on_gpu=True, gpus_per_worker=0.5) == "gloo"  # NCCL refuses 2 ranks on one GPU
+    assert resolve_backend("nccl", on_gpu=False) == "gloo"

@@ -164,3 +164,18 @@ def test_a_role_that_fails_to_start_releases_every_reservation(tmp_path):
         run_ppo(tmp_path / "ppo", "reward.function=tests.ppo_rewards:no_such_reward", "loop.iterations=1")
     assert json.loads((tmp_path / "ppo" / "manifest.json").read_text())["status"] == "failed"
     assert ray_held() == []
+
+
+def test_colocate_all_with_states_asleep_while_generating_matches_awake(tmp_path):
+    """All four roles on one bundle; the actor's and critic's optimizer states and gradients leave for the host while
+    the actor generates and come back: the run is the same, step for step, as one that keeps them."""
+    common = ("loop.iterations=2", "resources.colocate_all=true", "resources.cpus_per_bundle=1")
+    run_ppo(tmp_path / "awake", *common)
+    run_ppo(tmp_path / "asleep", *common, "resources.offload_while_generating=true")
+    awake, asleep = good_rows(tmp_path / "awake"), good_rows(tmp_path / "asleep")
+    assert len(awake) == len(asleep) == 2
+    assert all(r["time_state_offload_s"] >= 0 for r in asleep)
+    for a, b in zip(awake, asleep):
+        for key in ("reward_mean", "kl", "policy_loss", "value_loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key

@@ -14,6 +14,7 @@ from rlhf.engine.checkpoint import save_hf_dir
 from rlhf.errors import UserError
 from rlhf.models.loading import resolve_model_path
 from rlhf.models.reward import (RewardScorer, TokenValues, last_token_scores, load_reward_model, pairwise_loss,
+                                save_reward_model,
                                 reward_config, unwrap_state_dict)
 from rlhf.models.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 from rlhf.paths import CONFIGS_DIR
@@ -159,3 +160,52 @@ def test_tiny_config_validates():
     assert cfg.deepspeed.zero_stage == 2 and cfg.resources.num_workers == 2 and cfg.lora is None
     with pytest.raises(UserError, match="unknown key 'loss.centre_coef'"):
         load_config(rm.Config, CONFIGS_DIR / "rm" / "tiny.yaml", ["loss.centre_coef=0.1"])
+
+
+_FRESH_PROCESS_SCORES = """
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+out, seqs = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+tok = AutoTokenizer.from_pretrained(out)
+pad = model.config.pad_token_id
+assert pad == tok.pad_token_id, (pad, tok.pad_token_id)
+width = max(map(len, seqs))
+ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+with torch.no_grad():
+    print(json.dumps(model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()))
+"""
+
+
+def test_exported_rm_scores_outside_the_project_when_pad_is_eos(tmp_path, tokenizer):
+    """Llama-3-like tokenizers have no pad and no unk, so pad falls back to eos; HF's pooling (last token that is not
+    pad_token_id) would then read the token before the final eos, where training never read. The export gives the
+    RM a pad of its own so that plain transformers in a fresh process scores as the stage does."""
+    import subprocess
+    import sys
+
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(str(tok_dir))
+    pad_is_eos = load_tokenizer(str(tok_dir))
+    pad_is_eos.pad_token = pad_is_eos.eos_token
+    pad_is_eos.save_pretrained(str(tok_dir))
+    pad_is_eos = load_tokenizer(str(tok_dir))
+    assert pad_is_eos.pad_token_id == pad_is_eos.eos_token_id
+
+    torch.manual_seed(0)
+    model = load_reward_model(resolve_model_path("embedded:tiny-llama"), pad_token_id=pad_is_eos.pad_token_id).eval()
+    seqs = [encode_prompt_response(PROMPT, r, "alpaca", pad_is_eos, 64) for r in ["2 plus 3 is 5.", "no", "It is 5."]]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [pad_is_eos.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():  # how the stage reads a score: at the last attended token (the eos)
+        stage_scores = last_token_scores(TokenValues(model)(ids, mask), mask).tolist()
+
+    out = tmp_path / "model"
+    save_reward_model(model, model.state_dict(), pad_is_eos, out, reward_config(0.0, 1.0, "alpaca", 64))
+    run = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_SCORES, str(out), json.dumps(seqs)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == pytest.approx(stage_scores, abs=1e-5)
+    assert RewardScorer(str(out)).score_ids(seqs) == pytest.approx(stage_scores, abs=1e-5)  # and inside, unchanged

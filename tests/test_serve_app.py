@@ -17,7 +17,8 @@ from rlhf.serve.app import build_app
 from rlhf.serve.auth import presented_token, read_token, token_digest, token_matches
 from rlhf.serve.config import LimitsSection
 from rlhf.net import is_loopback
-from rlhf.serve.launch import check_reward_model_dir, deployment_options
+from rlhf.models.reward import check_reward_model
+from rlhf.serve.launch import deployment_options
 from rlhf.serve.random_rm import write_random_reward_model
 from rlhf.serve.scoring import RewardBackend
 
@@ -203,12 +204,15 @@ def test_read_token(monkeypatch):
 
 
 def test_model_dir_must_have_one_label(tmp_path, rm_dir):
-    assert check_reward_model_dir(rm_dir).name == "rm"
+    assert check_reward_model(rm_dir) == rm_dir
     with pytest.raises(UserError, match="no config.json"):
-        check_reward_model_dir(str(tmp_path))
+        check_reward_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b"}}))
     with pytest.raises(UserError, match="num_labels=2"):
-        check_reward_model_dir(str(tmp_path))
+        check_reward_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "num_labels": 1}))
+    with pytest.raises(UserError, match="not a reward model: config.json describes a LlamaForCausalLM"):
+        check_reward_model(str(tmp_path))
 
 
 def test_loopback_and_deployment_options():

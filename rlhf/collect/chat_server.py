@@ -29,10 +29,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from transformers import AutoModelForCausalLM
 
 from rlhf.errors import UserError
-from rlhf.models.generation import SamplingParams, sample
+from rlhf.sampling import SamplingParams, sample
+from rlhf.models.loading import load_for_inference
 from rlhf.models.tokenizer import load_tokenizer
 
 
@@ -61,7 +61,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class LocalChatModel:
-    """A causal LM and its tokenizer, answering chat requests with :func:`rlhf.models.generation.sample`."""
+    """A causal LM and its tokenizer, answering chat requests with :func:`rlhf.sampling.sample`."""
 
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
@@ -71,7 +71,7 @@ class LocalChatModel:
         self.tokenizer = load_tokenizer(str(model_dir))
         if not self.tokenizer.chat_template:
             raise UserError(f"{model_dir}: the tokenizer has no chat_template")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.model = load_for_inference(str(model_dir), "causal_lm", "auto", "auto")
         # One generate() at a time: requests arrive on several threads but the model is not meant to be shared.
         self._lock = threading.Lock()
 

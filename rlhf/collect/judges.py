@@ -54,6 +54,8 @@ class JudgeSection(ApiSection):
     callable: str | None = Field(None, description="programmatic: 'module:function' returning a pair or None per prompt")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="programmatic: extra keyword arguments")
     path: str | None = Field(None, description="rm: the reward-model dir; labels: the labeled comparisons file")
+    config: str | None = Field(None, description="labels: config (subset) of a hub dataset or dataset folder")
+    split: str | None = Field(None, description="labels: split of a hub dataset or dataset folder (default train)")
     noise: float | None = Field(
         None, ge=0, le=1,
         description="programmatic/rm: label-noise rate; a callable taking `noise` gets it, else pairs are swapped "
@@ -193,14 +195,11 @@ class ProgrammaticJudge(_NoisyJudge):
 
 class RewardModelJudge(_NoisyJudge):
     def __init__(self, section: JudgeSection) -> None:
-        from rlhf.models.reward import RewardScorer
+        from rlhf.models.reward import RewardScorer, check_reward_model
         from rlhf.paths import resolve_path
 
         super().__init__(section.noise or 0.0, section.seed)
-        path = resolve_path(section.path)
-        if not (path / "config.json").is_file():
-            raise UserError(f"judge path {section.path}: not a reward-model dir (no config.json)")
-        self.scorer = RewardScorer(str(path))
+        self.scorer = RewardScorer(str(resolve_path(check_reward_model(section.path))))
 
     def judge(self, rows, prompts, responses):
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]

@@ -61,6 +61,8 @@ class Source:
     fmt: str = "auto"
     weight: float = 1.0
     kind: str = "sft"
+    config: str | None = None  # hub dataset config and split, as read_rows takes them
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -208,7 +210,7 @@ def mix_sources(
     if total is not None and total < 0:
         raise UserError(f"mix: total must be >= 0, got {total}")
     rng = random.Random(seed)
-    loaded = [read_rows(str(s.path)) for s in sources]
+    loaded = [read_rows(str(s.path), s.split, s.config) for s in sources]
     counts = _draw_counts([len(rows) for rows in loaded], [s.weight for s in sources], total)
     mixed = []
     for source, rows, count in zip(sources, loaded, counts):

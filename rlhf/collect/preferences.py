@@ -1,7 +1,7 @@
 """Preference collection: sample K responses per prompt from a policy, have a judge pick (chosen, rejected).
 
 The InstructGPT recipe (Ouyang et al. 2022, arXiv:2203.02155, Sec. 3.5) and AlpacaFarm's pairwise one
-(arXiv:2305.14387): prompts are answered K times by the policy (batched :func:`rlhf.models.generation.sample` in
+(arXiv:2305.14387): prompts are answered K times by the policy (batched :func:`rlhf.sampling.generate` in
 Ray actors, :class:`rlhf.collect.teachers.GenerationPool`), then a judge (:mod:`rlhf.collect.judges`) labels
 them. With ``judge.kind: labels`` nothing is sampled: the pairs are comparisons people labeled, read from a file.
 
@@ -29,8 +29,9 @@ from rlhf.collect.teachers import ActorsSection, GenerationPool, decode
 from rlhf.config import Section
 from rlhf.data.formats import to_prompt_messages
 from rlhf.data.io import Row, read_rows
+from rlhf.sections import Source, read_source
 from rlhf.errors import UserError
-from rlhf.models.generation import SamplingParams
+from rlhf.sampling.config import SamplingParams
 
 # Fields of a prompt row that make up the prompt itself (not carried over as extra fields).
 PROMPT_KEYS = ("prompt", "messages", "conversations", "system", "output", "completion", "chosen", "rejected")
@@ -50,7 +51,8 @@ class SamplingSection(Section):
 
 
 class PreferencesSection(Section):
-    prompts: str | None = Field(None, description="prompt rows (alpaca, sharegpt, messages or prompt records)")
+    prompts: Source | None = Field(
+        None, description="prompt rows (alpaca, sharegpt, messages or prompt records): a path or {path, config, split}")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="prompt record format; auto detects by keys"
     )
@@ -77,6 +79,7 @@ class PreferenceResult:
     to_label: list[dict] = field(default_factory=list)
     judge_stats: dict = field(default_factory=dict)
     prompts: int = 0
+    prompts_truncated: int = 0  # prompts cut to the policy's context (tail kept) before sampling
 
 
 def _plain(messages: list[dict]) -> list[dict]:
@@ -87,8 +90,8 @@ def _extras(data: dict, exclude: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in data.items() if k not in PROMPT_KEYS + exclude}
 
 
-def sample_responses(section: PreferencesSection, prompts: list[list[dict]]) -> list[list[str]]:
-    """K decoded responses per prompt, sampled in the Ray actor pool."""
+def sample_responses(section: PreferencesSection, prompts: list[list[dict]]) -> tuple[list[list[str]], int]:
+    """(K decoded responses per prompt sampled in the Ray actor pool, prompt samples cut to the context)."""
     from rlhf.data.templates import encode_prompt
     from rlhf.models.loading import resolve_model_path
     from rlhf.models.tokenizer import load_tokenizer
@@ -105,13 +108,13 @@ def sample_responses(section: PreferencesSection, prompts: list[list[dict]]) -> 
     finally:
         pool.close()
     texts = [decode(tokenizer, r) for r in responses]
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], pool.truncated // k
 
 
 def judge_samples(section: PreferencesSection, rows: list[Row]) -> PreferenceResult:
     prompts = [to_prompt_messages(row, section.format) for row in rows]
-    responses = sample_responses(section, prompts)
-    result = PreferenceResult(records=[], drops=Counter(), prompts=len(rows))
+    responses, truncated = sample_responses(section, prompts)
+    result = PreferenceResult(records=[], drops=Counter(), prompts=len(rows), prompts_truncated=truncated)
     judged = []
     for row, prompt, rs in zip(rows, prompts, responses):
         result.samples.append({"prompt": _plain(prompt), "responses": rs, **_extras(row.data)})
@@ -138,7 +141,7 @@ def judge_samples(section: PreferencesSection, rows: list[Row]) -> PreferenceRes
 def read_labels(section: PreferencesSection) -> PreferenceResult:
     """Comparisons labeled by people: rows with the prompt's fields, ``output_1``, ``output_2`` and ``preference``
     (1 or 2 for the better output, 0 for a tie, null for not yet labeled), AlpacaFarm's human-preference layout."""
-    rows = read_rows(section.judge.path)[: section.limit]
+    rows = read_rows(section.judge.path, section.judge.split, section.judge.config)[: section.limit]
     result = PreferenceResult(records=[], drops=Counter(), prompts=len(rows))
     for row in rows:
         data = row.data
@@ -166,5 +169,5 @@ def collect_preferences(section: PreferencesSection) -> PreferenceResult:
     """Sample and judge, or read people's labels (``judge.kind: labels``)."""
     if section.judge.kind == "labels":
         return read_labels(section)
-    rows = read_rows(section.prompts)[: section.limit]
+    rows = read_source(section.prompts)[: section.limit]
     return judge_samples(section, rows)

@@ -2,7 +2,7 @@
 
 A teacher turns text prompts into text completions (``None`` for a prompt it could not answer):
 
-- ``hf``: any local causal-LM dir (or ``embedded:<name>``), sampled with :func:`rlhf.models.generation.sample`
+- ``hf``: any local causal-LM dir (or ``embedded:<name>``), sampled with :func:`rlhf.sampling.generate`
   in a pool of Ray actors (:class:`GenerationPool`, shared with preference sampling);
 - ``openai``: any OpenAI-compatible ``base_url`` and model through :class:`rlhf.collect.openai_client.ChatClient`
   (concurrency, timeouts, retries with backoff, a request budget); the prompt is sent as one user message, as
@@ -18,14 +18,18 @@ from typing import Literal, Protocol
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
-from rlhf.models.generation import SamplingParams
+from rlhf.models.loading import INFERENCE_PRECISION_HELP, InferencePrecision
+from rlhf.sampling.config import GenerationSection, SamplingParams
 
 
 class ActorsSection(Section):
     num_actors: int = Field(1, ge=1, description="Ray actors sampling in parallel, each holding one model copy")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs Ray reserves per actor (also its torch threads)")
     use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per actor; auto = if the cluster has GPUs")
+    precision: InferencePrecision = Field("auto", description=INFERENCE_PRECISION_HELP)
     batch_size: int = Field(16, ge=1, description="sequences per generate() call inside an actor")
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
 
 
@@ -84,24 +88,24 @@ class Teacher(Protocol):
 class _GenerationWorker:
     """One Ray actor: a causal LM on its own device, sampling batches of token-id prompts."""
 
-    def __init__(self, model_path: str, threads: int) -> None:
+    def __init__(self, model_path: str, threads: int, precision: str = "auto") -> None:
         import os
 
         import torch
 
-        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.loading import load_for_inference
 
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
-        self.model = load_causal_lm(model_path)
-        if torch.cuda.is_available():
-            self.model = self.model.cuda()
+        self.model = load_for_inference(model_path, "causal_lm", precision, "auto")
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,
-                 batch_size: int, seed: int) -> list[list[int]]:
-        from rlhf.models.generation import sample
+                 batch_size: int, seed: int, generation: GenerationSection) -> tuple[list[list[int]], int]:
+        """(responses, prompts truncated to the model's context)."""
+        from rlhf.sampling import generate
 
-        return sample(self.model, prompts, params, eos_id, pad_id, batch_size=batch_size, generator_seed=seed)
+        out = generate(self.model, prompts, params, eos_id, pad_id, generation, max_rows=batch_size, seed=seed)
+        return out.tokens, out.truncated
 
 
 class GenerationPool:
@@ -119,8 +123,9 @@ class GenerationPool:
         use_gpu = cluster_has_gpus() if actors.use_gpu == "auto" else bool(actors.use_gpu)
         remote = ray.remote(num_cpus=actors.cpus_per_actor, num_gpus=1 if use_gpu else 0)(_GenerationWorker)
         threads = max(1, int(actors.cpus_per_actor))
-        self.workers = [remote.remote(model_path, threads) for _ in range(actors.num_actors)]
-        self.eos_id, self.pad_id, self.batch_size = eos_id, pad_id, actors.batch_size
+        self.workers = [remote.remote(model_path, threads, actors.precision) for _ in range(actors.num_actors)]
+        self.eos_id, self.pad_id, self.batch_size, self.generation = eos_id, pad_id, actors.batch_size, actors.generation
+        self.truncated = 0  # prompts cut to the model's context, over all calls
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[int]]:
         """Response token ids per prompt (cut after the first EOS, which is kept when produced)."""
@@ -131,10 +136,13 @@ class GenerationPool:
         per_shard = -(-len(prompts) // len(self.workers))
         shards = [prompts[i:i + per_shard] for i in range(0, len(prompts), per_shard)]
         futures = [
-            worker.generate.remote(shard, params, self.eos_id, self.pad_id, self.batch_size, seed + index)
+            worker.generate.remote(shard, params, self.eos_id, self.pad_id, self.batch_size, seed + index,
+                                   self.generation)
             for index, (worker, shard) in enumerate(zip(self.workers, shards))
         ]
-        return [response for shard in ray.get(futures) for response in shard]
+        results = ray.get(futures)
+        self.truncated += sum(cut for _, cut in results)
+        return [response for shard, _ in results for response in shard]
 
     def close(self) -> None:
         import ray
@@ -171,7 +179,7 @@ class HFTeacher:
         return [decode(self.tokenizer, r) for r in responses]
 
     def stats(self) -> dict:
-        return {"generate_calls": self.calls}
+        return {"generate_calls": self.calls, "prompts_truncated": self.pool.truncated}
 
     def close(self) -> None:
         self.pool.close()

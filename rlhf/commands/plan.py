@@ -17,7 +17,7 @@ from rlhf.errors import UserError
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="estimate peak GPU/host memory per stage and role; say if it fits",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", help="shipped pipeline name, pipeline YAML, or an sft/rm/ppo stage YAML")
+    p.add_argument("target", help="shipped pipeline name, pipeline YAML, or an sft/rm/dpo/ppo stage YAML")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80)")
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")

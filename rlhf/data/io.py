@@ -18,6 +18,9 @@ from rlhf.errors import UserError
 from rlhf.paths import resolve_path
 
 LOCAL_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet")
+# One data file of a hub repo, e.g. hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json; the way to read
+# datasets whose configs live in a loading script, which `datasets` >= 4 no longer runs.
+HF_FILE_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
@@ -29,23 +32,27 @@ class Row:
 
 
 def read_rows(source: str, split: str | None = None, config: str | None = None) -> list[Row]:
-    """All records of ``source``: a local .json/.jsonl/.json.gz/.jsonl.gz/.parquet file, else a hub dataset name
-    (or a local folder) loaded with ``datasets.load_dataset``.
+    """All records of ``source``: a local .json/.jsonl/.json.gz/.jsonl.gz/.parquet file; an ``hf://datasets/...``
+    data-file URL (json, jsonl or parquet; a glob is fine); else a hub dataset name or a local dataset folder, loaded
+    with ``datasets.load_dataset(source, config, split=split)``.
 
-    ``split`` only applies to hub datasets and folders (default ``"train"``); a local file is one split.
-    ``config`` names a hub dataset's configuration (``load_dataset(name, config)``).
+    ``config`` (the dataset's subset, e.g. a config declared in the card's ``configs:``) and ``split`` (default
+    ``"train"``) only apply to hub datasets and folders; a file or data-file URL is one split and takes neither.
     Raises UserError (one line, naming the file and line) on a missing file, bad JSON,
     a record that is not an object, or a source with no records.
     """
     path = resolve_path(source)
-    if path.is_file():
-        rows = _read_local(path, source)
+    if source.startswith(HF_FILE_PREFIX) or path.is_file():
+        if config is not None or split is not None:
+            raise UserError(f"{source}: a single data file has no config or split; "
+                            "name the dataset (or its folder) to pick one")
+        rows = _read_hub_file(source) if source.startswith(HF_FILE_PREFIX) else _read_local(path, source)
     elif path.is_dir():  # a folder of data files or a saved dataset: `datasets` knows those layouts
-        rows = _read_hub(str(path), split or "train", config)
+        rows = _read_hub(str(path), config, split or "train")
     elif _looks_like_local_path(source, path):
         raise UserError(f"{source}: no such file")
     else:
-        rows = _read_hub(source, split or "train", config)
+        rows = _read_hub(source, config, split or "train")
     if not rows:
         raise UserError(f"{source}: no records")
     return rows
@@ -130,16 +137,34 @@ def _read_parquet(path: Path, name: str) -> list[Row]:
     return [_as_row(record, f"{name}[{i}]") for i, record in enumerate(records)]
 
 
-def _read_hub(name: str, split: str, config: str | None = None) -> list[Row]:
+def _read_hub(name: str, config: str | None, split: str) -> list[Row]:
     import datasets  # heavy; only needed for hub sources
 
     try:
         dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # offline, unknown name, bad split: all are the user's to fix
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: not a local file and could not load it as a hub dataset (split {split!r}): "
-                        f"{first_line}") from None
-    return [_as_row(record, f"{name}[{split}][{i}]") for i, record in enumerate(dataset)]
+    except Exception as e:  # offline, unknown name, bad config or split: all are the user's to fix
+        raise UserError(f"{name}: not a local file and could not load it as a dataset "
+                        f"(config {config!r}, split {split!r}): {_first_line(e)}") from None
+    where = f"{name}[{config}:{split}]" if config else f"{name}[{split}]"
+    return [_as_row(record, f"{where}[{i}]") for i, record in enumerate(dataset)]
+
+
+def _read_hub_file(url: str) -> list[Row]:
+    import datasets
+
+    suffix = url.removesuffix(".gz").rsplit(".", 1)[-1]
+    builder = {"json": "json", "jsonl": "json", "parquet": "parquet"}.get(suffix)
+    if builder is None:
+        raise UserError(f"{url}: unsupported data file (expected .json, .jsonl, .parquet)")
+    try:
+        dataset = datasets.load_dataset(builder, data_files=url, split="train")
+    except Exception as e:
+        raise UserError(f"{url}: could not load the data file: {_first_line(e)}") from None
+    return [_as_row(record, f"{url}[{i}]") for i, record in enumerate(dataset)]
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _as_row(record: Any, where: str) -> Row:

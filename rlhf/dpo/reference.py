@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
+
+from rlhf.engine import collectives
 
 CACHE = "reference_logps.pt"
 
@@ -30,8 +31,7 @@ def fingerprint(examples: list[dict], reference: str) -> str:
 def shard_logps(logps_fn: Callable[[list[dict]], torch.Tensor], examples: list[dict], micro: int) -> torch.Tensor:
     """[len(examples), 2] float64: each rank scores examples[rank::world] with ``logps_fn(chunk) -> [len(chunk), 2]``;
     a sum over ranks fills the table. Every rank runs the same number of batches (ZeRO-3 forwards are collective)."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank, world = collectives.rank(), collectives.world_size()
     table = torch.zeros(len(examples), 2, dtype=torch.float64)
     mine = list(range(rank, len(examples), world))
     n_batches = math.ceil(math.ceil(len(examples) / world) / micro) if examples else 0
@@ -42,9 +42,7 @@ def shard_logps(logps_fn: Callable[[list[dict]], torch.Tensor], examples: list[d
             values = logps_fn(chunk).to(torch.float64).cpu()
             if index:
                 table[index] = values
-    if world > 1:
-        dist.all_reduce(table)
-    return table
+    return collectives.all_reduce_sum_(table)
 
 
 def load_or_compute(out: Path, examples: list[dict], reference: str,
@@ -56,15 +54,14 @@ def load_or_compute(out: Path, examples: list[dict], reference: str,
     cached = torch.load(path, weights_only=True) if path.is_file() else None
     if cached is None or cached.get("fingerprint") != key:
         table = shard_logps(logps_fn, examples, micro)
-        if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+        if collectives.rank() == 0:
             tmp = path.with_suffix(".tmp")
             torch.save({"fingerprint": key, "ids": torch.tensor([e["id"] for e in examples], dtype=torch.long),
                         "logps": table.float()}, tmp)
             tmp.replace(path)
             print(f"[rlhf] dpo: reference log-probs of {len(examples)} examples -> {path}", flush=True)
-        if dist.is_initialized():
-            dist.barrier()
+        collectives.barrier()
         cached = torch.load(path, weights_only=True)
-    elif (dist.get_rank() if dist.is_initialized() else 0) == 0:
+    elif collectives.rank() == 0:
         print(f"[rlhf] dpo: reusing reference log-probs from {path}", flush=True)
     return dict(zip(cached["ids"].tolist(), cached["logps"]))

@@ -67,10 +67,15 @@ class DPOTask:
     # -- reference -------------------------------------------------------------------------------------------
 
     def _reference_module(self):
-        from rlhf.engine.build import build_engine
+        from rlhf.engine.build import build_engine, zero3_config
+        from rlhf.engine.deepspeed_config import inference_precision
+        from rlhf.models.loading import load_for_inference, partitioned
 
-        model = load_causal_lm(self.reference_path or self.model_path)
-        return build_engine(model, self.deepspeed or DeepSpeedSection(), None, 0, trainable=False)
+        ds = self.deepspeed or DeepSpeedSection()
+        with partitioned(zero3_config(ds, None)):  # ZeRO-3: each rank builds only its shard
+            model = load_for_inference(self.reference_path or self.model_path, "causal_lm",
+                                       inference_precision(ds, torch.cuda.is_available()), "keep")
+        return build_engine(model, ds, None, 0, trainable=False)
 
     def before_train(self, engine, dev: torch.device, micro: int) -> None:
         """Before any checkpoint is loaded, so ``engine`` still holds the initial policy. Collective."""

@@ -6,6 +6,7 @@ import math
 import os
 import torch
 
+from rlhf.engine import collectives
 from rlhf.engine.deepspeed_config import deepspeed_config
 from rlhf.sections import DeepSpeedSection, OptimSection
 
@@ -18,13 +19,16 @@ def quiet_deepspeed() -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed() -> None:
-    """Join the process group Ray Train (or our role group) set up; gloo on CPU, NCCL on GPU."""
+def init_distributed(backend: str | None = None) -> None:
+    """Join the process group Ray Train set up, or form our role group with ``backend`` (a torch backend string,
+    see ``rlhf.engine.collectives.resolve_backend``; default gloo on CPU, NCCL on GPU). Pins this rank's GPU first:
+    NCCL and gloo's CUDA path use the current device."""
     import deepspeed
 
     quiet_deepspeed()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device())
+    deepspeed.init_distributed(dist_backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"), verbose=False)
 
 
 def device() -> torch.device:
@@ -51,6 +55,14 @@ def lr_lambda(optim: OptimSection, total_steps: int):
     return f
 
 
+def zero3_config(ds: DeepSpeedSection, optim: OptimSection | None) -> dict | None:
+    """The DeepSpeed config ``build_engine`` will use, when it is ZeRO-3 (for ``rlhf.models.loading.partitioned``:
+    load the model already sharded), else None. Call inside the process group."""
+    if ds.zero_stage != 3:
+        return None
+    return deepspeed_config(ds, optim, collectives.world_size(), torch.cuda.is_available())
+
+
 def build_engine(
     model: torch.nn.Module,
     ds: DeepSpeedSection,
@@ -60,10 +72,9 @@ def build_engine(
 ) -> "deepspeed.DeepSpeedEngine":
     """Wrap ``model`` in DeepSpeed. ``trainable=False`` gives an inference engine (ZeRO-3 sharded if asked) with no optimizer."""
     import deepspeed
-    import torch.distributed as dist
 
     on_gpu = torch.cuda.is_available()
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = collectives.world_size()
     config = deepspeed_config(ds, optim if trainable else None, world, on_gpu)
     if not trainable:
         model.requires_grad_(False)

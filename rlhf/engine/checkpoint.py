@@ -9,18 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from rlhf.engine.collectives import barrier, rank
 
 LATEST = "latest"  # DeepSpeed writes this file last, naming the newest complete tag
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def full_state_dict(engine) -> dict[str, torch.Tensor] | None:

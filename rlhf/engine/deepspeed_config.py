@@ -12,6 +12,12 @@ def resolve_precision(section: DeepSpeedSection, on_gpu: bool) -> str:
     return section.precision
 
 
+def inference_precision(section: DeepSpeedSection, on_gpu: bool) -> str:
+    """The weights' precision for a frozen model next to this training config: amp_bf16 keeps fp32 weights."""
+    precision = resolve_precision(section, on_gpu)
+    return "fp32" if precision == "amp_bf16" else precision
+
+
 def deepspeed_config(
     ds: DeepSpeedSection, optim: OptimSection | None, world_size: int, on_gpu: bool
 ) -> dict:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rlhf.engine.collectives import resolve_backend
 from rlhf.errors import UserError
 from rlhf.metrics import read_metrics
 from rlhf.sections import ResourcesSection
@@ -139,9 +140,10 @@ def run_workers(
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": resources.cpus_per_worker,
+                                  **({"GPU": resources.gpus_per_worker} if use_gpu else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=resolve_backend(resources.backend, use_gpu, resources.gpus_per_worker)),
         run_config=RunConfig(
             name=f"{name}-{int(time.time())}",
             storage_path=str((out / "ray").resolve()),

@@ -16,11 +16,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from rlhf.engine import checkpoint as ckpt
-from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.engine import collectives
+from rlhf.engine.collectives import all_reduce_sums
+from rlhf.engine.build import build_engine, device, init_distributed, zero3_config
 from rlhf.metrics import MetricsLogger
+from rlhf.models.loading import partitioned
 from rlhf.sections import DeepSpeedSection, OptimSection, TrainSection
 
 RESULT = "train_result.json"
@@ -95,24 +97,13 @@ def batch_indices(n: int, seed: int, position: int, size: int) -> list[int]:
     return out
 
 
-def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:
-    """Sum a dict of floats over ranks (same keys on every rank)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
 def to_device(batch: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def evaluate(task, engine, examples: list[dict], micro: int, dev: torch.device) -> dict[str, float]:
     """Each rank scores its shard; sums are reduced; every rank gets the same metrics."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank, world = collectives.rank(), collectives.world_size()
     shard = examples[rank::world]
     engine.eval()
     sums: dict[str, float] = {}
@@ -134,7 +125,7 @@ def evaluate(task, engine, examples: list[dict], micro: int, dev: torch.device) 
 def train_loop(spec: LoopSpec) -> dict:
     """Run on every worker: setup -> (resume) -> train -> eval -> save. Rank 0 returns and writes the result."""
     init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = collectives.rank(), collectives.world_size()
     out, task, ds, tr = Path(spec.out), spec.task, spec.deepspeed, spec.train
     dev = device()
     seed_everything(tr.seed)
@@ -144,7 +135,9 @@ def train_loop(spec: LoopSpec) -> dict:
     per_step = micro * accum * world
     steps = total_steps(len(train_ex), per_step, tr)
 
-    engine = build_engine(task.build_model(), ds, spec.optim, steps)
+    with partitioned(zero3_config(ds, spec.optim)):  # ZeRO-3: each rank materialises only its shard
+        model = task.build_model()
+    engine = build_engine(model, ds, spec.optim, steps)
     if hasattr(task, "before_train"):  # e.g. DPO's reference log-probs from the initial weights; all ranks run it
         task.before_train(engine, dev, micro)
     ckpt_root = out / "checkpoints"
@@ -196,7 +189,7 @@ def train_loop(spec: LoopSpec) -> dict:
             if rank == 0:
                 task.save(engine, sd, ckpt_root / f"step_{done}" / "hf")
             ckpt.prune_checkpoints(ckpt_root, tr.keep_checkpoints)
-            ckpt.barrier()
+            collectives.barrier()
             t_window = time.perf_counter()
 
     final_eval = evaluate(task, engine, eval_ex, micro, dev) if eval_ex else {}
@@ -212,5 +205,5 @@ def train_loop(spec: LoopSpec) -> dict:
             logger.close()
         result = {"steps": steps, "first_loss": first_loss, "eval": final_eval, "world_size": world}
         (out / RESULT).write_text(json.dumps(result, indent=2))
-    ckpt.barrier()
+    collectives.barrier()
     return result

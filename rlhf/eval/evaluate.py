@@ -54,15 +54,18 @@ def evaluate(cfg, rows: list[dict], messages: list[Messages], use_oracle: bool,
     if cfg.policy_name == cfg.baseline_name:
         raise UserError(f"eval: policy_name and baseline_name are both '{cfg.policy_name}'; name them apart")
     k = 1 if s.temperature == 0 else s.samples_per_prompt
-    policies = {"policy": Policy(cfg.policy, cfg.tokenizer)}
+    policies = {"policy": Policy(cfg.policy, cfg.tokenizer, cfg.precision)}
     if cfg.baseline:
-        policies["baseline"] = Policy(cfg.baseline, cfg.tokenizer)
-    prompt_ids = {role: [encode(m, p.tokenizer) for m in messages] for role, p in policies.items()}
-    samples = {role: p.sample(prompt_ids[role], k, s.temperature, s.top_p, s.max_new_tokens, s.seed, cfg.batch_size)
-               for role, p in policies.items()}
+        policies["baseline"] = Policy(cfg.baseline, cfg.tokenizer, cfg.precision)
+    prompt_ids, truncated = {}, {}
+    for role, p in policies.items():
+        prompt_ids[role], truncated[names[role]] = p.bound([encode(m, p.tokenizer) for m in messages],
+                                                           s.max_new_tokens)
+    samples = {role: p.sample(prompt_ids[role], k, s.temperature, s.top_p, s.max_new_tokens, s.seed, cfg.batch_size,
+                              cfg.generation) for role, p in policies.items()}
     n = len(rows)
     result: dict = {"policy": names["policy"], "baseline": names["baseline"] if cfg.baseline else None,
-                    "prompts": n, "samples_per_prompt": k,
+                    "prompts": n, "prompts_truncated": truncated, "samples_per_prompt": k,
                     "decoding": "greedy" if s.temperature == 0 else f"sampling, temperature {s.temperature}, top_p {s.top_p}",
                     "max_new_tokens": s.max_new_tokens}
     scores: dict[str, dict[str, list[float]]] = defaultdict(dict)
@@ -105,7 +108,7 @@ def _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, r
     from rlhf.models.reward import RewardScorer
     from rlhf.models.loading import resolve_model_path
 
-    scorer = RewardScorer(resolve_model_path(cfg.reward_model))
+    scorer = RewardScorer(resolve_model_path(cfg.reward_model), device="auto", precision=cfg.precision)
     result["rm_score_mean"] = {}
     for role, smp in samples.items():
         scores[role]["rm"] = rm_scores(scorer, [messages[i] for i in smp.prompt_index], smp.texts, cfg.batch_size)
@@ -120,7 +123,7 @@ def _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, r
     s, rp = cfg.sampling, cfg.rm_pairs
     reuse = (s.temperature == 1.0 and s.top_p == 1.0 and s.seed == rp.seed and samples[role].k >= rp.samples_per_prompt)
     smp = samples[role] if reuse else policies[role].sample(
-        prompt_ids[role], rp.samples_per_prompt, 1.0, 1.0, s.max_new_tokens, rp.seed, cfg.batch_size)
+        prompt_ids[role], rp.samples_per_prompt, 1.0, 1.0, s.max_new_tokens, rp.seed, cfg.batch_size, cfg.generation)
     pairs = clean_pairs(rows, grouped(smp, len(rows), rp.samples_per_prompt), seed=rp.seed)
     result["rm_accuracy_clean"] = rm_pair_accuracy(scorer, messages, pairs, cfg.batch_size)
     result["rm_pairs_clean"] = len(pairs.chosen)
@@ -134,7 +137,7 @@ def _estimate_kl(cfg, policies, policy_samples: Samples, prompt_ids, result, nam
     smp = policy_samples
     if s.temperature != t or s.top_p != 1.0:
         smp = policy.sample(prompt_ids["policy"], s.samples_per_prompt, t, 1.0, s.max_new_tokens, s.seed + 1,
-                            cfg.batch_size)
+                            cfg.batch_size, cfg.generation)
     x = [prompt_ids["policy"][i] for i in smp.prompt_index]
     logp_policy = policy.sequence_logprobs(x, smp.ids, t, cfg.batch_size)
     logp_base = baseline.sequence_logprobs(x, smp.ids, t, cfg.batch_size)

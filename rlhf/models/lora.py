@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") through peft, for SFT and RM.
+"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") through peft, for SFT, RM and PPO.
 
 ``apply_lora`` injects adapters into an HF model in place and freezes everything else, so DeepSpeed's optimizer
 only sees the adapters (plus ``modules_to_save``, e.g. an RM's new score head). The model keeps its own class and
@@ -10,6 +10,9 @@ live modules are only shards.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from pydantic import Field, field_validator
@@ -65,6 +68,27 @@ def prepare_for_training(model: torch.nn.Module, lora: LoraSection | None, gradi
         if lora is not None:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     return model
+
+
+@contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` (peft-injected) computing with its base weights only: every adapter off, then back on.
+
+    PPO with LoRA uses this as its reference policy (StackLLaMA, TRL's ``disable_adapter``): the actor's own
+    frozen base, so no second copy of the policy is held. Only adapters that were on are switched back on.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    if not layers:
+        raise RuntimeError("adapters_disabled: the model has no active LoRA adapters")
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def adapter_parameter_count(model: torch.nn.Module, lora: LoraSection) -> int:

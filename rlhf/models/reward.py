@@ -15,12 +15,53 @@ data, for normalizing), ``rlhf_template`` and ``rlhf_max_length`` (how the RM's 
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from rlhf.errors import UserError
 
+# The saved RM's own pad when the tokenizer's pad is its eos (see save_reward_model).
+DISTINCT_PAD = "<|rlhf_pad|>"
 MEAN_KEY, STD_KEY, TEMPLATE_KEY, MAX_LENGTH_KEY = "rlhf_reward_mean", "rlhf_reward_std", "rlhf_template", "rlhf_max_length"
+
+
+def check_reward_model(model: str) -> str:
+    """``model`` (an HF dir, or a hub id) if its config.json describes a reward model: a ``*ForSequenceClassification``
+    with one label. Else a one-line UserError, so that PPO, eval, the collect judge and the service refuse, say an
+    SFT causal-LM dir, before any worker starts (HF would load it with a fresh random score head). Reads config.json
+    only; no weights are loaded.
+    """
+    from rlhf.models.loading import looks_local
+    from rlhf.paths import resolve_path
+
+    local = resolve_path(model)
+    if local.exists() or looks_local(model):
+        config_file = local / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"{model}: not a model directory (no config.json)")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(model, "config.json"))
+        except Exception as err:  # offline, unknown repo, gated: the user's to fix
+            raise UserError(f"{model}: no such directory and no config.json on the hub ({type(err).__name__})") from None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{config_file}: unreadable config ({err})") from None
+    architectures = config.get("architectures") or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{model}: not a reward model: config.json describes a {architectures[0]}; a reward model is "
+                        "a *ForSequenceClassification with one label (the rm stage's OUT/model)")
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or None)
+    if labels != 1:
+        raise UserError(f"{model}: a reward model has one label; config.json has num_labels={labels}")
+    return model
 
 
 def last_token_scores(logits_or_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -87,6 +128,32 @@ def load_reward_model(path: str, dtype: torch.dtype = torch.float32, pad_token_i
     return model
 
 
+def save_reward_model(classifier: torch.nn.Module, state_dict: dict[str, torch.Tensor], tokenizer, out_dir,
+                      extra_config: dict) -> None:
+    """Save an RM as an HF dir that plain ``AutoModelForSequenceClassification`` scores as we do.
+
+    HF's pooling reads at the last token that is not ``pad_token_id``; we read at the last attended token, the eos.
+    When pad is eos (tokenizers with neither pad nor unk, e.g. Llama 3), HF would read the token before the eos,
+    so the saved RM gets a pad token of its own: the tokenizer gains :data:`DISTINCT_PAD`, the embedding a row for
+    it when the vocab has none spare (the mean row; pad positions are masked, so it never changes a score).
+    """
+    from rlhf.engine.checkpoint import save_hf_dir
+
+    extra = dict(extra_config)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer = copy.deepcopy(tokenizer)  # the caller's (and later checkpoints') tokenizer stays as it was
+        tokenizer.add_special_tokens({"pad_token": DISTINCT_PAD})
+        embedding = classifier.get_input_embeddings().weight
+        key = next(name for name, param in classifier.named_parameters() if param is embedding)
+        weight = state_dict[key]
+        if tokenizer.pad_token_id >= weight.shape[0]:
+            rows = tokenizer.pad_token_id + 1 - weight.shape[0]
+            state_dict = {**state_dict, key: torch.cat([weight, weight.mean(0, keepdim=True).expand(rows, -1)])}
+        extra["vocab_size"] = state_dict[key].shape[0]
+    extra["pad_token_id"] = tokenizer.pad_token_id
+    save_hf_dir(classifier, state_dict, tokenizer, out_dir, extra)
+
+
 def reward_config(mean: float | None, std: float | None, template: str, max_length: int) -> dict:
     """The keys a saved RM's config.json carries for RewardScorer and PPO."""
     return {MEAN_KEY: mean, STD_KEY: std, TEMPLATE_KEY: template, MAX_LENGTH_KEY: max_length}
@@ -99,13 +166,15 @@ class RewardScorer:
     bos first, eos last, at most ``max_length`` tokens.
     """
 
-    def __init__(self, model_dir: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str, device: str | torch.device = "auto", precision: str = "auto"):
+        from rlhf.models.loading import inference_device, load_for_inference
         from rlhf.models.tokenizer import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_reward_model(model_dir, dtype, self.tokenizer.pad_token_id).to(device).eval()
+        self.device = inference_device(device)
+        self.model = load_for_inference(model_dir, "reward", precision, self.device,
+                                        pad_token_id=self.tokenizer.pad_token_id)
         self.values = TokenValues(self.model)
-        self.device = torch.device(device)
         config = self.model.config
         self.template: str = getattr(config, TEMPLATE_KEY, None) or "alpaca"
         self.max_length: int = int(getattr(config, MAX_LENGTH_KEY, None) or 512)
@@ -158,3 +227,4 @@ class RewardScorer:
             head = ids[:1] if ids[0] == tok.bos_token_id else []
             ids = head + ids[len(ids) - (self.max_length - len(head)):]
         return ids
+

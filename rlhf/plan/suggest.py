@@ -33,8 +33,11 @@ def ppo_candidates(cfg, hw) -> list[list[str]]:
     coloc = ["resources.colocate_actor_ref=true", "resources.colocate_critic_reward=true",
              *(f"resources.{k}={n}" for k in ("actor_workers", "ref_workers", "critic_workers", "reward_workers"))]
     cands = [ckpt, ckpt + z3, ckpt + z3 + opt, ckpt + coloc, ckpt + z3 + coloc, ckpt + z3 + opt + coloc]
-    if "colocate_all" in type(cfg.resources).model_fields:
-        cands.append(ckpt + z3 + opt + ["resources.colocate_all=true"])
+    n_all = max(1, hw.gpus)
+    all4 = ["resources.colocate_all=true",
+            *(f"resources.{k}={n_all}" for k in ("actor_workers", "ref_workers", "critic_workers", "reward_workers"))]
+    sleep = ["resources.offload_while_generating=true"]
+    cands += [ckpt + z3 + sleep + coloc, ckpt + z3 + all4, ckpt + z3 + sleep + all4, ckpt + z3 + opt + all4]
     if "lora" in type(cfg).model_fields:
         cands.append(ckpt + ["lora.r=16"])
     return cands

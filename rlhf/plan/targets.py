@@ -11,7 +11,7 @@ from rlhf.errors import UserError
 from rlhf.plan.estimate import PLANNED_STAGES, Hardware, StagePlan, estimate_stage
 
 # A stage's model-valued outputs -> the config key holding the model they come from (same architecture).
-MODEL_OUTPUTS = {"sft": {"model": "model.path"}, "rm": {"model": "model.path"},
+MODEL_OUTPUTS = {"sft": {"model": "model.path"}, "rm": {"model": "model.path"}, "dpo": {"model": "model.path"},
                  "ppo": {"actor": "actor.path", "critic": "critic.path"}}
 
 
@@ -58,13 +58,13 @@ def guess_stage(path: Path, data: dict) -> str:
 
     if path.parent.name in PLANNED_STAGES:
         return path.parent.name
-    for stage in ("ppo", "rm", "sft"):
+    for stage in ("ppo", "dpo", "rm", "sft"):
         try:
             validate(load_stage(stage).Config, dict(data), where=str(path))
             return stage
         except UserError:
             continue
-    raise UserError(f"{path}: not an sft, rm or ppo stage config (give --stage NAME)")
+    raise UserError(f"{path}: not an sft, rm, dpo or ppo stage config (give --stage NAME)")
 
 
 def plan_stage_file(path: str, overrides: list[str], hw: Hardware, stage: str | None = None) -> StagePlan:

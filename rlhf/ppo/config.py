@@ -10,12 +10,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf.config import Section
-from rlhf.sections import OptimSection
+from rlhf.sampling.config import GenerationSection
+from rlhf.sections import OptimSection, SourceSection
 
 
-class PromptsSection(Section):
+class PromptsSection(SourceSection):
     path: str = Field(..., description="prompt records: alpaca (output optional), sharegpt, messages or prompt rows")
-    split: str | None = Field(None, description="split for hub datasets (default train)")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="record format; auto detects by keys"
     )
@@ -76,6 +76,8 @@ class RolloutSection(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     forward_batch_size: int = Field(16, ge=1, description="sequences per forward pass when scoring experience")
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="sampling engine and token budget (rlhf.sampling)")
 
 
 class AlgorithmSection(Section):
@@ -84,6 +86,11 @@ class AlgorithmSection(Section):
     )
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step, over all workers of a role")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="sequences per forward/backward on one worker; a worker's share of a minibatch is "
+                                "accumulated over mini_batch_size / (workers * micro_batch_size) of them (default: "
+                                "the whole share at once)"
+    )
     clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")
     dual_clip: float | None = Field(None, gt=1, description="dual-clip bound c > 1 for negative advantages (off if unset)")
     value_clip: float | None = Field(0.2, gt=0, description="value clip around old values (off if unset)")
@@ -141,8 +148,19 @@ class PPOResourcesSection(Section):
     reward_workers: int = Field(1, ge=1, description="reward workers (RM or reward function)")
     colocate_actor_ref: bool = Field(False, description="actor and reference worker i share one bundle (needs equal counts)")
     colocate_critic_reward: bool = Field(False, description="critic and reward worker i share one bundle (needs equal counts)")
+    colocate_all: bool = Field(False, description="all four roles' worker i share bundle i, each a quarter of its GPU "
+                                                  "(OpenRLHF's colocate_all_models, DeepSpeed-Chat); needs equal counts")
+    offload_while_generating: bool = Field(
+        False, description="move the actor's and critic's optimizer states and gradients to host memory while the actor "
+                           "generates, back before scoring (DeepSpeed offload_states; needs zero_stage >= 1)")
     cpus_per_bundle: float = Field(1.0, gt=0, description="CPUs per placement-group bundle; colocated roles split it")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="one GPU per bundle; auto = if the cluster has GPUs")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="GPUs for the bundles; auto = if the cluster has GPUs")
+    gpus_per_bundle: float = Field(1.0, gt=0, le=1, description="GPU share per bundle with use_gpu; 0.5 puts 2 bundles "
+                                                                "(2 ranks of a role) on a GPU")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="role groups' collectives on GPU: auto = nccl with whole GPUs per bundle, gloo with shared "
+                            "ones (NCCL refuses two ranks of a group on one GPU); always gloo on CPU"
+    )
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs / actor workers)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
     memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
@@ -151,6 +169,9 @@ class PPOResourcesSection(Section):
 
     @model_validator(mode="after")
     def _colocated_counts_match(self):
+        counts = {self.actor_workers, self.critic_workers, self.ref_workers, self.reward_workers}
+        if self.colocate_all and len(counts) != 1:
+            raise ValueError("colocate_all needs actor_workers == critic_workers == ref_workers == reward_workers")
         if self.colocate_actor_ref and self.actor_workers != self.ref_workers:
             raise ValueError("colocate_actor_ref needs actor_workers == ref_workers")
         if self.colocate_critic_reward and self.critic_workers != self.reward_workers:

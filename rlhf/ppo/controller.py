@@ -14,6 +14,7 @@ complete one, so a crash or a run of skipped updates never leaves a half-written
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ LATEST = "latest.json"
 class Roles:
     actor: RoleGroup
     critic: RoleGroup | None  # None with a critic-free estimator
-    ref: RoleGroup
+    ref: RoleGroup | None  # None with LoRA: the actor's base (adapters off) is the reference
     reward: RoleGroup
 
     def all(self) -> list[RoleGroup]:
@@ -105,10 +106,15 @@ class Controller:
         batch = [self.prompts[i] for i in batch_indices(len(self.prompts), cfg.loop.seed, it * n, n)]
         batch = [p for p in batch for _ in range(k)]  # each prompt k times in a row: one group per prompt
         group_ids = torch.arange(n).repeat_interleave(k)
-        rollout, sync_s = generate(roles, batch, self.seed(it), self.eos_id, self.pad_id)
+        # offload_while_generating: the trained roles' optimizer states sleep in host memory during generation.
+        sleep = cfg.resources.offload_while_generating
+        offload_s = max(gather([r for _, g in roles.trained() for r in g.submit("offload_states")])) if sleep else 0.0
+        rollout, sync_s, truncated = generate(roles, batch, self.seed(it), self.eos_id, self.pad_id)
+        if sleep:
+            offload_s += max(gather([r for _, g in roles.trained() for r in g.submit("reload_states")]))
         t1 = time.perf_counter()
 
-        refs = [roles.actor.submit_sharded("logprobs", rollout), roles.ref.submit_sharded("logprobs", rollout),
+        refs = [roles.actor.submit_sharded("logprobs", rollout), ref_logprob_refs(roles, rollout),
                 score_refs(roles, rollout, batch)]
         if roles.critic is not None:
             refs.append(roles.critic.submit_sharded("values", rollout))
@@ -118,9 +124,10 @@ class Controller:
         scores, parts = merge_scores(scores_out)
         values = torch.cat(values_out[0]) if values_out else None
         t2 = time.perf_counter()
+        moments = copy.deepcopy(self.moments)  # the running score moments take this batch only if the update is kept
         try:
             exp, stats = compute_advantages(rollout, old_logp, torch.cat(ref_out), values, scores, self.kl_ctl.value,
-                                            cfg.algorithm, cfg.reward, self.moments, group_ids)
+                                            cfg.algorithm, cfg.reward, moments, group_ids)
         except NonFinite as err:
             return {"skipped": 1, "skip_reason": str(err)}
         if len(parts) > 1:
@@ -130,14 +137,19 @@ class Controller:
         results = {name: gather(refs)[0] for name, refs in trained}
         t3 = time.perf_counter()
         if any(r.pop("nonfinite_loss") for r in results.values()):
+            # A role whose own loss went non-finite has restored itself; the others undo their whole update too.
+            gather([ref for _, group in roles.trained() for ref in group.submit("rollback")])
             return {"skipped": 1, "skip_reason": "non-finite loss"}
+        self.moments = moments
         self.kl_ctl.update(stats["kl"], n * k)
         return {
             **stats,
             "entropy": masked_mean(entropy, rollout.response_mask).item(),
             **{k: v for r in results.values() for k, v in r.items() if k != "loss"},
-            "time_generation_s": t1 - t0 - sync_s,
+            "prompts_truncated": truncated,
+            "time_generation_s": t1 - t0 - sync_s - offload_s,
             "time_weight_sync_s": sync_s,
+            **({"time_state_offload_s": offload_s} if sleep else {}),
             "time_scoring_s": t2 - t1,
             "time_training_s": t3 - t2,
             "time_iteration_s": t3 - t0,
@@ -209,11 +221,22 @@ class Controller:
         gather([ref for name, group in self.roles.trained() for ref in group.submit("save_hf", str(self.out / name))])
 
 
-def generate(roles: Roles, batch: list[Prompt], seed: int, eos_id: int, pad_id: int) -> tuple[Rollout, float]:
-    """(the rollout of one response per row of ``batch``, the slowest worker's weight-sync seconds)."""
+def generate(roles: Roles, batch: list[Prompt], seed: int, eos_id: int,
+             pad_id: int) -> tuple[Rollout, float, int]:
+    """(the rollout of one response per row of ``batch``, the slowest worker's weight-sync seconds, how many prompts
+    the actors cut to their model's context)."""
     outs = gather(roles.actor.submit_sharded("generate", [p.ids for p in batch], seed))
     responses = [r for rs, _ in outs for r in rs]
-    return build_rollout([p.ids for p in batch], responses, eos_id, pad_id), max(t["sync_s"] for _, t in outs)
+    truncated = int(sum(t.get("prompts_truncated", 0) for _, t in outs))
+    return (build_rollout([p.ids for p in batch], responses, eos_id, pad_id), max(t["sync_s"] for _, t in outs),
+            truncated)
+
+
+def ref_logprob_refs(roles: Roles, rollout: Rollout) -> list:
+    """The reference's log-probs: its own workers, or under LoRA the actor's base with the adapters off."""
+    if roles.ref is not None:
+        return roles.ref.submit_sharded("logprobs", rollout)
+    return roles.actor.submit_sharded("ref_logprobs", rollout)
 
 
 def score_refs(roles: Roles, rollout: Rollout, batch: list[Prompt], with_eval: bool = False) -> list:

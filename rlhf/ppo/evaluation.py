@@ -76,11 +76,11 @@ class Evaluator:
 
     def run(self, iteration: int) -> dict[str, float]:
         """Sample and score the held-out prompts; save OUT/actor_best on a new best. Returns the eval_* metrics."""
-        from rlhf.ppo.controller import gather, generate, merge_scores, score_refs
+        from rlhf.ppo.controller import gather, generate, merge_scores, ref_logprob_refs, score_refs
 
         roles = self.roles
-        rollout, _ = generate(roles, self.prompts, self.seed, self.eos_id, self.pad_id)
-        refs = [roles.actor.submit_sharded("logprobs", rollout), roles.ref.submit_sharded("logprobs", rollout),
+        rollout, _, _ = generate(roles, self.prompts, self.seed, self.eos_id, self.pad_id)
+        refs = [roles.actor.submit_sharded("logprobs", rollout), ref_logprob_refs(roles, rollout),
                 score_refs(roles, rollout, self.prompts, with_eval=True)]
         actor_out, ref_out, scores_out = (gather(r) for r in refs)
         logp, ref_logp = torch.cat([lp for lp, _ in actor_out]), torch.cat(ref_out)

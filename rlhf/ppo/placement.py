@@ -2,7 +2,8 @@
 
 As in OpenRLHF's ``PPORayActorGroup`` (openrlhf/trainer/ray/launcher.py): every worker of a role is pinned to a
 bundle; roles that colocate (actor + reference, critic + reward) put worker i of each on the same bundle i and
-ask for a fraction of its CPU/GPU, so one host (one core, one GPU) serves both.
+ask for a fraction of its CPU/GPU, so one host (one core, one GPU) serves both; ``colocate_all`` puts all four roles
+on every bundle (OpenRLHF's ``colocate_all_models``), so N GPUs serve the whole PPO loop.
 """
 
 from __future__ import annotations
@@ -25,26 +26,33 @@ class Slot:
 
 
 def plan(res: PPOResourcesSection, use_gpu: bool,
-         with_critic: bool = True) -> tuple[list[dict[str, float]], dict[str, list[Slot]]]:
+         with_critic: bool = True, skip: tuple[str, ...] = ()) -> tuple[list[dict[str, float]], dict[str, list[Slot]]]:
     """(bundles, slots per role). Each host set gets ``workers`` bundles; its roles split each bundle evenly.
     ``with_critic`` False (a critic-free estimator): no critic slots or bundles; the reward workers get whole bundles.
 
-    E.g. actor 2 workers colocated with ref, critic and reward 1 each, not colocated, 1 CPU per bundle:
+    ``skip`` names roles that do not run. E.g. actor 2 workers colocated with ref, critic and reward 1 each, not colocated, 1 CPU per bundle:
     bundles [1, 1, 1, 1]; actor -> bundles 0, 1 at 0.5 CPU; ref -> 0, 1 at 0.5; critic -> 2 at 1; reward -> 3 at 1.
     """
     counts = {"actor": res.actor_workers, "ref": res.ref_workers, "critic": res.critic_workers,
               "reward": res.reward_workers}
     hosts: list[tuple[str, ...]] = []
-    hosts.append(("actor", "ref") if res.colocate_actor_ref else ("actor",))
-    if not res.colocate_actor_ref:
-        hosts.append(("ref",))
-    if with_critic:
+    if not with_critic:
+        skip = tuple(skip) + ("critic",)
+    if res.colocate_all:
+        hosts.append(("actor", "ref", "critic", "reward"))
+    else:
+        hosts.append(("actor", "ref") if res.colocate_actor_ref else ("actor",))
+        if not res.colocate_actor_ref:
+            hosts.append(("ref",))
         hosts.append(("critic", "reward") if res.colocate_critic_reward else ("critic",))
-    if not (with_critic and res.colocate_critic_reward):
-        hosts.append(("reward",))
+        if not res.colocate_critic_reward:
+            hosts.append(("reward",))
+    # A role that does not run (``skip``: the critic of a critic-free estimator, the reference under LoRA) takes no
+    # bundle and no share of one.
+    hosts = [kept for kept in (tuple(r for r in roles if r not in skip) for roles in hosts) if kept]
     bundle: dict[str, float] = {"CPU": res.cpus_per_bundle}
     if use_gpu:
-        bundle["GPU"] = 1.0
+        bundle["GPU"] = res.gpus_per_bundle
     bundles: list[dict[str, float]] = []
     slots: dict[str, list[Slot]] = {}
     for roles in hosts:
@@ -53,7 +61,7 @@ def plan(res: PPOResourcesSection, use_gpu: bool,
         bundles.extend(dict(bundle) for _ in range(n))
         share = 1.0 / len(roles)
         for role in roles:
-            slots[role] = [Slot(first + i, res.cpus_per_bundle * share, (1.0 if use_gpu else 0.0) * share)
+            slots[role] = [Slot(first + i, res.cpus_per_bundle * share, (res.gpus_per_bundle if use_gpu else 0.0) * share)
                            for i in range(n)]
     return bundles, slots
 

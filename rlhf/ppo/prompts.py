@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhf.data.formats import Message, to_prompt_messages
-from rlhf.data.io import read_rows
 from rlhf.data.templates import encode_prompt
 from rlhf.errors import UserError
 from rlhf.ppo.config import PromptsSection
+from rlhf.data.io import read_rows
+from rlhf.sections import read_source
 
 
 @dataclass
@@ -31,9 +32,13 @@ def prompt_text(messages: list[Message]) -> str:
 def load_prompts(section: PromptsSection, tokenizer, path: str | None = None,
                  limit: int | None = None) -> tuple[list[Prompt], int]:
     """(prompts, number skipped for exceeding max_prompt_length). A UserError when none are left.
-    ``path``/``limit`` override the section's (held-out eval prompts read with the same format and template)."""
-    path = path or section.path
-    rows = read_rows(path, section.split)[: limit or section.limit]
+    ``path``/``limit`` override the section's (held-out eval prompts read with the same format and template;
+    a separate eval file is one split, so the section's config and split do not apply to it)."""
+    if path and path != section.path:
+        rows = read_rows(path)[: limit or section.limit]
+    else:
+        path = section.path
+        rows = read_source(section)[: limit or section.limit]
     prompts, skipped = [], 0
     for row in rows:
         messages = to_prompt_messages(row, section.format)

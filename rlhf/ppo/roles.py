@@ -16,14 +16,18 @@ from pathlib import Path
 import torch
 
 from rlhf.engine import checkpoint as ckpt
-from rlhf.engine.build import build_engine, device, init_distributed
+from rlhf.engine import collectives, snapshot
+from rlhf.engine.build import build_engine, device, init_distributed, zero3_config
+from rlhf.engine.deepspeed_config import inference_precision
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
+from rlhf.models.loading import partitioned
 from rlhf.ppo.estimators import ESTIMATORS
 from rlhf.ppo.kl import kl_penalty
 from rlhf.ppo.losses import aggregate, entropy_bonus, entropy_from_logits, policy_loss, value_loss
 from rlhf.ppo.minibatch import run_update
+from rlhf.models.lora import LoraSection
 from rlhf.sections import DeepSpeedSection, OptimSection
 
 
@@ -45,7 +49,9 @@ class RoleSpec:
     reward: RewardSection | None = None
     eval_function: str | None = None  # eval.function, scored beside the reward on held-out prompts
     eval_kwargs: dict = field(default_factory=dict)
+    lora: LoraSection | None = None  # actor and critic train adapters; the actor's base is the reference
     env: dict[str, str] = field(default_factory=dict)
+    backend: str = "gloo"  # torch backend of the role's process group (rlhf.engine.collectives.resolve_backend)
 
 
 def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -74,7 +80,7 @@ class RoleWorker:
         # Ray pins each worker's GPU via CUDA_VISIBLE_DEVICES, so the local device is always index 0.
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        init_distributed()
+        init_distributed(self.spec.backend)
         torch.manual_seed(self.spec.seed + self.rank)
         self.dev = device()
         self.setup()
@@ -82,13 +88,10 @@ class RoleWorker:
     def setup(self) -> None:
         raise NotImplementedError
 
-    def frozen_dtype(self) -> torch.dtype:
-        """A frozen role's weights: the stage's precision on GPU (bf16 under 'auto'), as ``rlhf plan`` counts them;
-        fp32 on CPU."""
-        from rlhf.engine.deepspeed_config import resolve_precision
-        from rlhf.models.loading import torch_dtype
-
-        return torch_dtype(resolve_precision(self.spec.deepspeed, self.dev.type == "cuda"))
+    def inference_precision(self) -> str:
+        """Frozen roles load in the trained roles' precision (deepspeed.precision; auto = bf16 on GPU, fp32 on CPU),
+        as ``rlhf plan`` counts them."""
+        return inference_precision(self.spec.deepspeed, torch.cuda.is_available())
 
     def to_dev(self, obj):
         return map_tensors(obj, lambda t: t.to(self.dev, non_blocking=True))
@@ -101,23 +104,64 @@ class RoleWorker:
 class TrainedRole(RoleWorker):
     """Shared by actor and critic: the DeepSpeed engine, minibatch epochs, checkpoints, HF export."""
 
+    def deepspeed_section(self) -> DeepSpeedSection:
+        # One minibatch per optimizer step (see rlhf.ppo.minibatch), accumulated over micro-batches.
+        mini, micro = self.spec.mini_batch_per_worker, self.micro_batch()
+        return self.spec.deepspeed.model_copy(update={"micro_batch_size": micro,
+                                                      "gradient_accumulation_steps": mini // micro})
+
+    def loading(self):
+        """Context for loading the trained model: under ZeRO-3 each rank builds only its shard."""
+        return partitioned(zero3_config(self.deepspeed_section(), self.spec.optim))
+
     def build(self, model: torch.nn.Module) -> None:
-        # One minibatch per optimizer step (see rlhf.ppo.minibatch): DeepSpeed's batch = this worker's minibatch.
-        ds = self.spec.deepspeed.model_copy(update={"micro_batch_size": self.spec.mini_batch_per_worker,
-                                                    "gradient_accumulation_steps": 1})
-        self.engine = build_engine(model, ds, self.spec.optim, self.spec.total_steps)
+        self.engine = build_engine(model, self.deepspeed_section(), self.spec.optim, self.spec.total_steps)
+
+    def micro_batch(self) -> int:
+        """Rows per forward/backward on this worker: algorithm.micro_batch_size, default the whole minibatch share."""
+        return min(self.spec.algo.micro_batch_size or self.spec.mini_batch_per_worker, self.spec.mini_batch_per_worker)
+
+    # What leaves the GPU while the actor generates: fp32 master weights, Adam moments, gradient buffers. The 16-bit
+    # weights stay (the actor generates with them; ZeRO-3 gathers from them).
+    SLEEP_STATES = ("hp_params", "optim_states", "lp_grads", "contiguous_grad_buffer")
+
+    def offload_states(self) -> float:
+        """Optimizer states and gradients to host memory (DeepSpeed ``offload_states``); returns the seconds taken."""
+        import time
+
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum
+
+        start = time.perf_counter()
+        on_gpu = self.dev.type == "cuda"
+        self.engine.offload_states(include=[OffloadStateTypeEnum(s) for s in self.SLEEP_STATES], pin_memory=on_gpu)
+        if on_gpu:
+            torch.cuda.empty_cache()  # give the freed blocks back, so a colocated role can use them
+        return time.perf_counter() - start
+
+    def reload_states(self) -> float:
+        import time
+
+        start = time.perf_counter()
+        self.engine.reload_states()
+        return time.perf_counter() - start
 
     def loss(self, engine, batch: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def train(self, experience: Experience, iteration: int, kl_coef: float = 0.0) -> dict[str, float]:
         """PPO epochs over this worker's rows; stats averaged over steps and ranks. ``kl_coef``: this iteration's
-        KL coefficient (used by the actor when the KL is a loss term)."""
+        KL coefficient (used by the actor when the KL is a loss term). The state before the update is kept until the
+        next one, so the controller can undo it (``rollback``) when another role's update failed."""
         self.engine.train()
         self.kl_coef = kl_coef
         seed = self.spec.seed * 1_000_003 + iteration * 7919 + self.rank
+        self.before_update = snapshot.take(self.engine)
         return run_update(self.engine, experience, self.spec.algo.ppo_epochs, self.spec.mini_batch_per_worker,
-                          seed, self.loss, self.dev)
+                          seed, self.loss, self.dev, micro=self.micro_batch(), snap=self.before_update)
+
+    def rollback(self) -> None:
+        """Undo the last ``train`` (every rank restores its own shard; no collective)."""
+        snapshot.restore(self.engine, self.before_update)
 
     def save_state(self, root: str, iteration: int, client_state: dict) -> None:
         ckpt.save_training_state(self.engine, Path(root), iteration, client_state)
@@ -139,7 +183,7 @@ class TrainedRole(RoleWorker):
 
             module, state_dict = self.hf_module(state_dict)
             ckpt.save_hf_dir(module, state_dict, load_tokenizer(self.spec.tokenizer_path), out_dir)
-        ckpt.barrier()
+        collectives.barrier()
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
         return self.engine.module, state_dict
@@ -152,9 +196,11 @@ class ActorWorker(TrainedRole):
         from rlhf.models.loading import load_causal_lm
         from rlhf.models.tokenizer import load_tokenizer
 
-        model = load_causal_lm(self.spec.model_path)
-        if self.spec.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        from rlhf.models.lora import prepare_for_training
+
+        with self.loading():
+            model = load_causal_lm(self.spec.model_path)
+        model = prepare_for_training(model, self.spec.lora, self.spec.gradient_checkpointing)
         tok = load_tokenizer(self.spec.tokenizer_path)
         self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
         self.build(model)
@@ -172,6 +218,25 @@ class ActorWorker(TrainedRole):
                                      self.spec.rollout.forward_batch_size, with_entropy=True)
         self.engine.train()
         return cpu(logp), cpu(ent)
+
+    @torch.no_grad()
+    def ref_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """With LoRA: the reference's log-probs [B, R] from this actor's base weights, its adapters switched off."""
+        from rlhf.models.lora import adapters_disabled
+
+        self.engine.eval()
+        with adapters_disabled(self.engine.module):
+            logp, _ = batched_logprobs(self.engine, self.to_dev(rollout), self.spec.rollout.temperature,
+                                       self.spec.rollout.forward_batch_size)
+        self.engine.train()
+        return cpu(logp)
+
+    def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        if self.spec.lora is None:
+            return self.engine.module, state_dict
+        from rlhf.models.lora import merge_lora_state_dict
+
+        return self.engine.module, merge_lora_state_dict(state_dict, self.spec.lora.scaling)
 
     def loss(self, engine, batch: Experience):
         algo, mask = self.spec.algo, batch.rollout.response_mask
@@ -203,9 +268,13 @@ class CriticWorker(TrainedRole):
         from rlhf.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(self.spec.tokenizer_path)
-        classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
-        if self.spec.gradient_checkpointing:
-            classifier.gradient_checkpointing_enable()
+        from rlhf.models.lora import prepare_for_training
+
+        with self.loading():
+            classifier = load_reward_model(self.spec.model_path, pad_token_id=tok.pad_token_id)
+        # With LoRA the value head is new or RM-trained: it trains whole, beside the adapters (as in the rm stage).
+        classifier = prepare_for_training(classifier, self.spec.lora, self.spec.gradient_checkpointing,
+                                          modules_to_save=["score"])
         self.build(TokenValues(classifier))
 
     @torch.no_grad()
@@ -223,22 +292,27 @@ class CriticWorker(TrainedRole):
         return loss, stats
 
     def hf_module(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        from rlhf.models.lora import merge_lora_state_dict
         from rlhf.models.reward import unwrap_state_dict
 
-        return self.engine.module.classifier, unwrap_state_dict(state_dict)
+        state_dict = unwrap_state_dict(state_dict)
+        if self.spec.lora is not None:
+            state_dict = merge_lora_state_dict(state_dict, self.spec.lora.scaling)
+        return self.engine.module.classifier, state_dict
 
 
 class ReferenceWorker(RoleWorker):
     """The frozen SFT policy; its log-probs anchor the KL penalty. ZeRO-3 sharded for inference if asked."""
 
     def setup(self) -> None:
-        from rlhf.models.loading import load_causal_lm
+        from rlhf.models.loading import load_for_inference
 
-        model = load_causal_lm(self.spec.model_path, self.frozen_dtype()).eval().requires_grad_(False)
-        if self.spec.deepspeed.zero_stage == 3:
-            self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
-        else:
-            self.model = model.to(self.dev)
+        if self.spec.deepspeed.zero_stage != 3:
+            self.model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(), self.dev)
+            return
+        with partitioned(zero3_config(self.spec.deepspeed, None)):  # each rank builds only its shard
+            model = load_for_inference(self.spec.model_path, "causal_lm", self.inference_precision(), "keep")
+        self.model = build_engine(model, self.spec.deepspeed, None, 1, trainable=False)
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
@@ -257,7 +331,7 @@ class RewardWorker(RoleWorker):
 
         self.tokenizer = load_tokenizer(self.spec.tokenizer_path)
         self.sources = build_sources(self.spec.reward, self.dev, self.spec.rollout.forward_batch_size,
-                                     self.frozen_dtype())
+                                     self.inference_precision())
         self.eval_function = (load_reward_function(self.spec.eval_function, "eval.function")
                               if self.spec.eval_function else None)
 

@@ -3,7 +3,10 @@
 The actor generates with the weights it trains, so there is nothing to copy between a trainer and an inference
 engine except under ZeRO-3, where each rank holds a shard: the full weights are gathered once per rollout
 (DeepSpeed's ``unwrap_model_for_generation``, the approach of TRL's ``unwrap_model_for_generation``) rather than
-on every decoding step. That gather (and the re-partition after) is the "weight sync" time.
+on every decoding step. That gather (and the re-partition after) is the "weight sync" time; every batch of
+the rollout samples from the same gathered weights. With ``rollout.generation.engine: static`` the compiled decode
+step is kept per module (:func:`rlhf.sampling.engines.engine_for`), so later iterations, whose weights changed in
+place or were gathered anew at the same shapes, reuse it without recompiling.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from rlhf.models.generation import SamplingParams, sample
+from rlhf.sampling import SamplingParams, generate as sample_completions
 from rlhf.ppo.config import RolloutSection
 
 
@@ -47,12 +50,15 @@ def generate(engine, prompts: list[list[int]], rollout: RolloutSection, eos_id: 
              seed: int) -> tuple[list[list[int]], dict[str, float]]:
     """One response per prompt (KV cache, stop at EOS, each cut after its first EOS).
 
-    Returns (responses, {"generation_s", "sync_s"}). ``seed`` fixes the sampling RNG for this call.
+    Returns (responses, {"generation_s", "sync_s", "prompts_truncated"}). ``seed`` fixes the sampling RNG for
+    this call. Batches follow ``rollout.generation`` (token budget); a prompt longer than the model's context minus
+    ``max_new_tokens`` keeps its tail and is counted.
     """
-    timings = {"generation_s": 0.0, "sync_s": 0.0}
+    timings = {"generation_s": 0.0, "sync_s": 0.0, "prompts_truncated": 0.0}
     with generation_weights(engine, timings) as module:
         start = time.perf_counter()
-        responses = sample(module, prompts, sampling_params(rollout), eos_id, pad_id,
-                           batch_size=max(len(prompts), 1), generator_seed=seed)
+        out = sample_completions(module, prompts, sampling_params(rollout), eos_id, pad_id, rollout.generation,
+                                 max_rows=max(len(prompts), 1), seed=seed)
         timings["generation_s"] = time.perf_counter() - start
-    return responses, timings
+        timings["prompts_truncated"] = float(out.truncated)
+    return out.tokens, timings

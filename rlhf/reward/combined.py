@@ -19,19 +19,20 @@ Source = Callable[[list, list[str], list[str], list[dict]], torch.Tensor]
 
 
 def build_sources(reward, device: torch.device | str = "cpu", batch_size: int = 16,
-                  dtype: torch.dtype = torch.float32) -> list[tuple[str, Source]]:
+                  precision: str = "auto") -> list[tuple[str, Source]]:
     """[(name, source)] for every source ``reward`` (a ``RewardSection``) sets, in the order model, url, function.
-    ``dtype``: the reward model's weights (the stage's precision on GPU, fp32 on CPU)."""
+    ``precision``: the reward model's weights (rlhf.models.loading.inference_dtype: auto = bf16 on GPU, fp32 on CPU)."""
     sources: list[tuple[str, Source]] = []
     if reward.model:
         from rlhf.models.reward import RewardScorer
 
-        scorer = RewardScorer(reward.model, device=device, dtype=dtype)
+        scorer = RewardScorer(reward.model, device=device, precision=precision)
         normalize = scorer.mean is not None and bool(scorer.std)
 
         def rm(messages, texts, responses, records):
             return as_scores(scorer.score_pairs(messages, responses, normalize=normalize, batch_size=batch_size))
 
+        rm.scorer = scorer  # the loaded model, for callers that inspect it (its dtype, device)
         sources.append(("model", rm))
     if reward.url:
         from rlhf.ppo.remote_reward import RemoteReward

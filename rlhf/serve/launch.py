@@ -6,32 +6,14 @@ never meant for the public internet: anyone who reaches them can run code on the
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from rlhf.errors import UserError
 from rlhf.net import is_loopback
 from rlhf.paths import resolve_path
 from rlhf.serve.config import ServeConfig
-
-
-def check_reward_model_dir(model_dir: str) -> Path:
-    """An HF dir whose config has exactly one label (a scalar reward head), else a UserError naming the dir."""
-    path = resolve_path(model_dir)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UserError(f"{model_dir}: not a model directory (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{config_file}: unreadable config ({err})") from None
-    labels = config.get("num_labels", len(config.get("id2label") or {}) or None)
-    if labels != 1:
-        raise UserError(f"{model_dir}: a reward model has one label; config.json has num_labels={labels}")
-    return path
 
 
 def deployment_options(cfg: ServeConfig, use_gpu: bool) -> dict[str, Any]:
@@ -61,9 +43,11 @@ def start_service(cfg: ServeConfig, token_sha256: str | None = None) -> str:
     from ray import serve
 
     from rlhf.engine.launch import ensure_ray
+    from rlhf.models.reward import check_reward_model
     from rlhf.serve.deployment import RewardModelServer
 
-    model_dir = check_reward_model_dir(cfg.model_dir)
+    model_dir = resolve_path(cfg.model_dir)  # a local dir: an absolute path is never taken for a hub id
+    check_reward_model(str(model_dir))
     if not is_loopback(cfg.host):
         print(f"[rlhf] warning: binding {cfg.host}:{cfg.port}, reachable beyond this machine"
               + ("" if token_sha256 else " with no token (use --token-env)"), file=sys.stderr)

@@ -10,25 +10,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import torch
-
 from rlhf.data.templates import encode_prompt_response
 from rlhf.serve.app import Encoded
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 UNBOUNDED = 1 << 30  # a max_length no text reaches: encodes without truncation
-
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def pick_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return DTYPES[dtype]
 
 
 class RewardBackend:
@@ -38,8 +23,7 @@ class RewardBackend:
                  score_batch_size: int = 32):
         from rlhf.models.reward import RewardScorer
 
-        resolved = pick_device(device)
-        self.scorer = RewardScorer(model_dir, device=resolved, dtype=pick_dtype(dtype, resolved))
+        self.scorer = RewardScorer(model_dir, device=device, precision=dtype)
         self.model_name = Path(model_dir).name
         self.max_length: int = self.scorer.max_length
         self.normalize_get_reward = normalize_get_reward
