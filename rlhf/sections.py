@@ -73,6 +73,8 @@ class ResourcesSection(Section):
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cpus_per_worker)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
     memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
+    max_failures: int = Field(1, ge=0, description="times Ray Train restarts the workers after one dies or fails; "
+                                                   "they resume from the newest checkpoint in OUT/checkpoints")
 
 
 class SourceSection(Section):

@@ -25,9 +25,3 @@ def load_stage(name: str) -> ModuleType:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     return importlib.import_module(STAGES[name])
 
-
-def available() -> list[str]:
-    """Stages whose module exists in this checkout."""
-    from importlib.util import find_spec
-
-    return [n for n, mod in STAGES.items() if find_spec(mod) is not None]

@@ -46,7 +46,7 @@ class ShareGPTSection(SourceSection):
     path: str = Field(..., description="ShareGPT conversations: .json list or .jsonl of {id, conversations}")
     tokenizer: str = Field(EMBEDDED_TOKENIZER, description="tokenizer that measures length: path, hub id, embedded:*")
     max_length: int = Field(2048, gt=0, description="tokens per chunk; longer conversations split at turns")
-    lang: str | None = Field(None, description="keep only this language (en, zh, ja, ko, ...; see detect_language)")
+    lang: str | None = Field(None, description="keep only this language: ISO 639-1 code (en, zh, fr...), by py3langid")
     min_chars: int = Field(16, ge=0, description="drop conversations with fewer characters in all (FastChat: 16)")
     blocked_words: list[str] = Field(default_factory=list, description="drop conversations with these words")
     turn_overhead: int = Field(6, ge=0, description="template tokens counted per turn when splitting")

@@ -31,6 +31,7 @@ from rlhf.metrics import read_metrics
 from rlhf.models.lora import LoraSection
 from rlhf.models.tokenizer import load_tokenizer
 from rlhf.sections import DeepSpeedSection, ModelSection, OptimSection, ResourcesSection, TrainSection
+from rlhf.trackers import LoggingSection
 from stages.rm import initial_model_path
 
 
@@ -91,6 +92,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="steps, logging, eval, checkpoints")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Ray workers")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="W&B / MLflow, beside metrics.jsonl")
 
 
 def check_reference_tokenizer(cfg: Config, tokenizer, reference_path: str | None) -> None:

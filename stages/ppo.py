@@ -141,17 +141,26 @@ def run(cfg: Config, out: str | Path) -> dict:
         print(f"[rlhf] ppo ({cfg.algorithm.estimator}): {len(prompts)} prompts (dropped: {dropped or 'none'}), "
               f"{cfg.loop.iterations} iterations x {cfg.rollout.prompts_per_iteration} prompts x "
               f"{cfg.rollout.samples_per_prompt} samples -> {out}", flush=True)
-        try:
-            with launch_roles(cfg, actor_path, critic_path, tokenizer_path, reward_model) as roles:
-                controller = Controller(cfg, out, roles, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                        eval_prompts)
-                controller.run()
-                controller.save_outputs()
-        except Exception as err:  # Ray wraps a worker's exception; a user's mistake stays one line
-            cause = root_cause(err)
-            if isinstance(cause, UserError) and cause is not err:
-                raise UserError(str(cause)) from None
-            raise
+        restarts = 0
+        while True:
+            try:
+                with launch_roles(cfg, actor_path, critic_path, tokenizer_path, reward_model) as roles:
+                    # Resumes from the newest OUT/checkpoints (none: from the start); metrics past it are dropped.
+                    controller = Controller(cfg, out, roles, prompts, tokenizer.eos_token_id,
+                                            tokenizer.pad_token_id, eval_prompts)
+                    controller.run()
+                    controller.save_outputs()
+                break
+            except Exception as err:  # Ray wraps a worker's exception; a user's mistake stays one line
+                cause = root_cause(err)
+                if isinstance(cause, UserError) and cause is not err:
+                    raise UserError(str(cause)) from None
+                if not worker_died(err) or restarts >= cfg.resources.max_failures:
+                    raise
+                restarts += 1
+                print(f"[rlhf] ppo: a role's worker process died ({type(err).__name__}); restarting the roles from "
+                      f"the newest checkpoint (restart {restarts} of at most {cfg.resources.max_failures})",
+                      flush=True)
         best = controller.evaluator.best
         metrics = summarize(out, cfg.loop.iterations, best)
         outputs = {"actor": out / "actor", "metrics": out / "metrics.jsonl"}
@@ -163,6 +172,13 @@ def run(cfg: Config, out: str | Path) -> dict:
                                   extra={"data": {"prompts": len(prompts), "dropped": dropped}})
     print(f"[rlhf] ppo done: actor -> {out / 'actor'}", flush=True)
     return manifest
+
+
+def worker_died(err: BaseException) -> bool:
+    """A role's worker process is gone (killed, OOM, node lost), as opposed to an exception raised in its code."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(err, RayActorError)
 
 
 class launch_roles:

@@ -75,12 +75,19 @@ class SFTTask:
         return load_examples(self.out, split)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """[B, T] tensors. Packed blocks (rlhf.data.packing) carry position_ids and no attention mask (and no cache),
+        which makes transformers' causal mask block-diagonal; their padding is one more segment (positions from 0 again) that
+        comes after every real token, so nothing real attends to it, and it has no targets."""
         ids = right_pad([e["input_ids"] for e in examples], self.pad_id)
-        return {
-            "input_ids": ids,
-            "labels": right_pad([e["labels"] for e in examples], IGNORE_INDEX),
-            "attention_mask": right_pad([[1] * len(e["input_ids"]) for e in examples], 0),
-        }
+        batch = {"input_ids": ids, "labels": right_pad([e["labels"] for e in examples], IGNORE_INDEX)}
+        if "position_ids" in examples[0]:
+            width = ids.shape[1]
+            batch["position_ids"] = torch.tensor([e["position_ids"] + list(range(width - len(e["position_ids"])))
+                                                  for e in examples], dtype=torch.long)
+            batch["use_cache"] = False  # transformers looks for packed sequences only when there is no KV cache
+        else:
+            batch["attention_mask"] = right_pad([[1] * len(e["input_ids"]) for e in examples], 0)
+        return batch
 
     def loss(self, engine, batch):
         loss = engine(**batch).loss

@@ -120,11 +120,12 @@ def test_language_filter():
 
 @pytest.mark.parametrize("text, expected", [
     ("Who are you? I am a helpful assistant.", "en"),
-    ("Ich bin ein Student und wohne in Berlin.", "latin"),
+    ("Ich bin ein Student und wohne in Berlin.", "de"),
+    ("Quelle est la capitale de la France ? La capitale est Paris.", "fr"),
     ("你好，请问你是谁？", "zh"),
     ("こんにちは、あなたは誰ですか", "ja"),
     ("안녕하세요, 반갑습니다", "ko"),
-    ("Привет, как дела?", "cyrillic"),
+    ("Привет, как дела?", "ru"),
     ("12345 !!!", "unknown"),
 ])
 def test_detect_language(text, expected):

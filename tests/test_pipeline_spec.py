@@ -12,8 +12,7 @@ from rlhf.errors import UserError
 from rlhf.manifest import hash_path
 from rlhf.pipeline.runner import PipelineRunner, changed_keys, output_path
 from rlhf.pipeline.shipped import DEFAULT_PIPELINE, find_pipeline, shipped_pipelines
-from rlhf.pipeline.spec import (deep_merge, load_pipeline, refs_in, resolve_refs, stage_module_exists,
-                                validate_stage, validate_stages)
+from rlhf.pipeline.spec import deep_merge, load_pipeline, refs_in, resolve_refs, validate_stage, validate_stages
 
 SHIPPED = shipped_pipelines()
 
@@ -123,8 +122,7 @@ def test_shipped_pipeline_validates(name):
     pipe = load_pipeline(path)
     assert pipe.name == name
     for stage in pipe.spec.stages:
-        if stage_module_exists(stage.stage):
-            validate_stage(pipe, stage)
+        validate_stage(pipe, stage)
 
 
 # -- skip decisions, on hand-written manifests (no stage runs) ---------------------------------------------------
@@ -199,3 +197,23 @@ def test_override_of_a_yaml_anchor_shared_config_changes_one_stage(tmp_path):
     pipe = load_pipeline(path, ["b.data.path=y.jsonl"])
     assert pipe.stage("a").config == {"data": {"path": "x.jsonl"}}
     assert pipe.stage("b").config == {"data": {"path": "y.jsonl"}}
+
+
+def test_pipeline_with_base_takes_its_stages_and_sets_overrides(tmp_path):
+    base = write(tmp_path, [sft_stage("a"), sft_stage("b", model="${a.model}", optim={"lr": 0.1})], name="base")
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(f"# a variant\nbase: {base}\noverrides: [b.optim.lr=0.5, a.train.max_steps=3]\n")
+    pipe = load_pipeline(variant, ["a.train.max_steps=4"])  # the caller's overrides come last
+    assert pipe.name == "variant" and pipe.names() == ["a", "b"]
+    assert pipe.stage("b").config["optim"] == {"lr": 0.5} and pipe.stage("a").config["train"] == {"max_steps": 4}
+    assert pipe.stage("b").config["model"] == {"path": "${a.model}"}
+    variant.write_text(f"# both\nbase: {base}\nstages: []\n")
+    with pytest.raises(UserError, match="either `base`"):
+        load_pipeline(variant)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"# a loop\nbase: {loop}\n")
+    with pytest.raises(UserError, match="in a loop"):
+        load_pipeline(loop)
+    shipped_ci = load_pipeline(SHIPPED["rlhf-ci"])  # the shipped CI pipeline is the default one, shortened
+    assert shipped_ci.names() == load_pipeline(SHIPPED["rlhf"]).names()
+    assert shipped_ci.stage("ppo").config["loop"]["iterations"] == 30

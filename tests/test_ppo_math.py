@@ -11,7 +11,7 @@ import torch
 from rlhf.ppo.estimators import gae
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf.ppo.losses import entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
-from rlhf.ppo.masking import masked_mean, masked_sum, masked_var, masked_whiten, response_mask
+from rlhf.ppo.masking import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.reward.shaping import RunningMoments, clip_reward, compose_rewards, normalize_score
 
 D = torch.float64
@@ -22,37 +22,6 @@ def t(values, dtype=D) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- masking
-
-
-def test_response_mask_eos_at_various_positions() -> None:
-    eos, pad = 2, 0
-    ids = torch.tensor(
-        [
-            [5, 6, 2, 0, 0],  # EOS at 2: kept, pads after it dropped
-            [2, 0, 0, 0, 0],  # EOS first: a one-token response
-            [5, 6, 7, 8, 9],  # no EOS, truncated at max length: all kept
-            [5, 2, 7, 2, 0],  # tokens after the first EOS are dropped even if not pad
-            [5, 0, 6, 2, 0],  # a pad before any EOS ends the response (TRL convention)
-        ]
-    )
-    expected = t(
-        [
-            [1, 1, 1, 0, 0],
-            [1, 0, 0, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 0, 0, 0],
-            [1, 0, 0, 0, 0],
-        ],
-        torch.float32,
-    )
-    assert torch.equal(response_mask(ids, eos, pad), expected)
-
-
-def test_response_mask_pad_equals_eos() -> None:
-    # LLaMA-style pad == eos: the first occurrence is the EOS and is kept, the padding after it is not.
-    ids = torch.tensor([[5, 6, 2, 2, 2], [2, 2, 2, 2, 2], [4, 4, 4, 4, 4]])
-    expected = t([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], torch.float32)
-    assert torch.equal(response_mask(ids, eos_id=2, pad_id=2), expected)
 
 
 X = t([[1.0, 2.0, 3.0], [4.0, 5.0, float("nan")]])
@@ -87,7 +56,7 @@ def test_masked_whiten_has_masked_mean_0_and_var_1() -> None:
     # Larger random case, float mask with ragged rows.
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 7, generator=g, dtype=D) * 3 + 5
-    mask = response_mask(torch.tensor([[1] * 7, [1, 1, 2, 0, 0, 0, 0], [2] + [0] * 6, [1] * 6 + [2]]), 2, 0)
+    mask = t([[1] * 7, [1, 1, 1, 0, 0, 0, 0], [1] + [0] * 6, [1] * 7], torch.float32)  # prefix runs of 1s
     w = masked_whiten(x, mask)
     assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-7)
     assert masked_var(w, mask).item() == pytest.approx(1.0, abs=1e-6)

@@ -83,6 +83,41 @@ def test_huge_kl_nan_skip_stop_and_resume(tmp_path):
     assert (out / "actor" / "config.json").is_file()
 
 
+def test_dead_actor_worker_is_restarted_from_the_last_checkpoint(tmp_path):
+    """SIGKILL the actor role's worker process after the first checkpoint: the roles restart, resume from the newest
+    checkpoint, and the stage completes with every iteration logged exactly once."""
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "ppo-kill"
+    killed: list[int] = []
+
+    def kill_actor_after_checkpoint() -> None:
+        import ray
+        from ray.util.state import list_actors
+
+        deadline = time.time() + 600
+        while time.time() < deadline and not (out / "checkpoints" / "latest.json").is_file():
+            time.sleep(0.5)
+        if ray.is_initialized():
+            # This test's own Ray instance (other instances may share the machine): its actors only.
+            alive = list_actors(address=ray.get_runtime_context().gcs_address,
+                                filters=[("class_name", "=", "ActorWorker"), ("state", "=", "ALIVE")])
+            if alive:
+                os.kill(alive[0].pid, signal.SIGKILL)
+                killed.append(alive[0].pid)
+
+    killer = threading.Thread(target=kill_actor_after_checkpoint, daemon=True)
+    killer.start()
+    manifest = run_ppo(out, "loop.iterations=6", "loop.checkpoint_every=2", "resources.max_failures=1")
+    killer.join(timeout=5)
+    assert killed, "the actor worker was never killed"
+    assert manifest["status"] == "complete"
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
+
+
 def make_reward_model(path: Path) -> Path:
     """An RM dir as the RM stage writes it: LlamaForSequenceClassification (1 label) + tokenizer + rlhf_* keys."""
     import torch

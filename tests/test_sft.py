@@ -90,3 +90,30 @@ def test_kill_and_resume_continues_from_checkpoint(tmp_path):
     assert steps == list(range(1, 25)), steps  # each step once: the resumed run did not repeat earlier steps
     result = json.loads((out / "train_result.json").read_text())
     assert result["steps"] == 24
+
+
+def test_worker_killed_mid_stage_restarts_and_resumes(tmp_path):
+    """A Ray Train worker (not the driver) SIGKILLed after a checkpoint: Ray Train restarts the group
+    (resources.max_failures), the loop resumes from the newest checkpoint, and every step is logged exactly once."""
+    import threading
+
+    out = tmp_path / "sft-worker-kill"
+    pid_file = out / "workers" / "rank0.pid"
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        wait_for(lambda: (out / "checkpoints" / "latest").is_file() and pid_file.is_file(), 300, "a checkpoint")
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    manifest = run_sft(out, "train.max_steps=12", "train.checkpoint_every=3", "train.log_every=1",
+                       "train.eval_every=0", "resources.max_failures=1")
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert int(pid_file.read_text()) != killed[0]  # a new worker process took over
+    assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 12
+    steps = [r["step"] for r in read_metrics(out) if "loss" in r]
+    assert steps == list(range(1, 13)), steps

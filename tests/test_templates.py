@@ -132,13 +132,54 @@ def test_pack_greedy_blocks_and_separates_examples() -> None:
     c = {"input_ids": [6, 7, 8, 9], "labels": [6, 7, 8, 9]}
     too_long = {"input_ids": [1, 2, 3, 4, 5, 6, 7], "labels": [1, 2, 3, 4, 5, 6, 7]}
     assert pack([a, b, c, too_long], max_length=5) == [
-        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5]},
-        {"input_ids": [6, 7, 8, 9], "labels": [-100, 7, 8, 9]},
-        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, 4, 5]},
+        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5], "position_ids": [0, 1, 2, 0, 1]},
+        {"input_ids": [6, 7, 8, 9], "labels": [-100, 7, 8, 9], "position_ids": [0, 1, 2, 3]},
+        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, 4, 5], "position_ids": [0, 1, 2, 3, 4]},
     ]
     assert a["labels"] == [-100, 2, 3] and b["labels"] == [4, 5]  # inputs untouched
     with pytest.raises(UserError):
         pack([a], max_length=0)
+
+
+def test_packed_batch_gives_each_example_its_unpacked_loss(tokenizer):
+    """Examples packed into blocks (with padding) through SFT's own collate: per-example summed token loss and
+    logits equal those of each example run alone, so examples neither attend to each other nor see shifted
+    positions."""
+    import torch
+
+    from rlhf.models.loading import load_causal_lm, resolve_model_path
+    from stages.sft import SFTTask
+
+    model = load_causal_lm(resolve_model_path("embedded:tiny-llama")).eval()
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in (("Add 2 and 3.", "5"), ("Name a color.", "Blue, like the sky."), ("Is 4 even?", "Yes."),
+                          ("Sort 3 1 2.", "1 2 3"))]
+    examples = [encode_conversation(c, "alpaca", tokenizer, 64) for c in convs]
+    task = SFTTask("unused", "unused", "unused", tokenizer.pad_token_id)
+
+    def token_losses(batch) -> list[list[float]]:
+        """Per row, the loss of each target token (in order); labels are shifted as the model's own loss does."""
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        rows = []
+        for lg, lab in zip(logits, batch["labels"]):
+            lab = lab[1:]
+            ce = torch.nn.functional.cross_entropy(lg[:-1], lab.clamp(min=0), reduction="none")
+            rows.append(ce[lab != -100].tolist())
+        return rows
+
+    alone = [losses for e in examples for losses in token_losses(task.collate([e]))]
+    blocks = pack(examples, max_length=max(len(e["input_ids"]) for e in examples) * 5 // 2)
+    # Fewer blocks than examples (so some hold several), of different lengths (so the batch is padded).
+    assert 1 < len(blocks) < len(examples) and len({len(b["input_ids"]) for b in blocks}) > 1
+    packed = [x for row in token_losses(task.collate(blocks)) for x in row]
+    # The packed first token of each example is not a target (and unpacked it is never one: the shift).
+    assert packed == pytest.approx([x for losses in alone for x in losses], abs=1e-4)
+    # And the same targets, in the same count: nothing was lost or added at the block boundaries.
+    assert len(packed) == sum(len(x) for x in alone)
+    # The check can fail: the old packing (one causal mask over the whole block) gives different losses.
+    leaky = [{k: v for k, v in b.items() if k != "position_ids"} for b in blocks]
+    assert [x for row in token_losses(task.collate(leaky)) for x in row] != pytest.approx(packed, abs=1e-4)
 
 
 def test_sft_counts_examples_cut_before_any_response(tmp_path, tokenizer):

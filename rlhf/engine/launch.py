@@ -54,9 +54,15 @@ def _entry(config: dict) -> None:
     """Ray Train worker entry: threads first (Ray starts workers with one), then the stage's function."""
     import torch
 
+    import ray.train
+
     threads = int(config["threads"])
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+    # Which process is which rank, for an operator (py-spy, kill): OUT/workers/rank<R>.pid, rewritten on a restart.
+    pids = Path(config["out"]) / "workers"
+    pids.mkdir(parents=True, exist_ok=True)
+    (pids / f"rank{ray.train.get_context().get_world_rank()}.pid").write_text(f"{os.getpid()}\n")
     config["fn"](config["arg"])
 
 
@@ -130,7 +136,7 @@ def run_workers(
     threads = resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
     trainer = TorchTrainer(
         _entry,
-        train_loop_config={"fn": fn, "arg": arg, "threads": threads},
+        train_loop_config={"fn": fn, "arg": arg, "threads": threads, "out": str(out.resolve())},
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=use_gpu,
@@ -141,7 +147,7 @@ def run_workers(
         run_config=RunConfig(
             name=f"{name}-{int(time.time())}",
             storage_path=str((out / "ray").resolve()),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=resources.max_failures),
         ),
     )
     with Progress(out, total_steps, desc=name):

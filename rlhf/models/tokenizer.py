@@ -86,17 +86,21 @@ def build_embedded_tokenizer(out_dir: str | Path) -> PreTrainedTokenizerFast:
 
 
 def _embedded_texts() -> Iterator[str]:
-    """The embedded conversations rendered with each built-in template, so template words get tokens too."""
-    from rlhf.data.embedded import CONVERSATIONS_PATH, INSTRUCTIONS_PATH, write_datasets
+    """The embedded conversations rendered with each built-in template, so template words get tokens too.
+
+    The datasets are read from data/, never written here: ``python -m rlhf.data.embedded`` writes them and then
+    calls this builder (data -> tokenizer, one direction; the two modules do not import each other)."""
     from rlhf.data.formats import to_messages
     from rlhf.data.io import read_rows
     from rlhf.data.templates import render_text
 
     chat_template = jinja2.Environment().from_string(EMBEDDED_CHAT_TEMPLATE)
-
-    if not (INSTRUCTIONS_PATH.exists() and CONVERSATIONS_PATH.exists()):
-        write_datasets()
-    for source in (INSTRUCTIONS_PATH, CONVERSATIONS_PATH):
+    sources = (DATA_DIR / "instructions.jsonl", DATA_DIR / "conversations.json")
+    missing = [str(p) for p in sources if not p.is_file()]
+    if missing:
+        raise UserError(f"{', '.join(missing)} missing: run `python -m rlhf.data.embedded` to write the embedded "
+                        "datasets and the tokenizer")
+    for source in sources:
         for row in read_rows(str(source)):
             messages = to_messages(row)
             for template in ("alpaca", "vicuna", "koala"):

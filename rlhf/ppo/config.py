@@ -164,6 +164,8 @@ class PPOResourcesSection(Section):
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs / actor workers)")
     address: str | None = Field(None, description="Ray address to join; default: RAY_ADDRESS or a local instance")
     memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
+    max_failures: int = Field(1, ge=0, description="times the roles are restarted after a worker process dies; they "
+                                                   "resume from the newest checkpoint (loop.checkpoint_every)")
 
     @model_validator(mode="after")
     def _colocated_counts_match(self):

@@ -47,11 +47,6 @@ class RoleGroup:
             refs.append(getattr(w, method).remote(*head, *args))
         return refs
 
-    def call(self, method: str, *args: Any) -> list:
-        import ray
-
-        return ray.get(self.submit(method, *args))
-
     def kill(self) -> None:
         import ray
 

@@ -15,30 +15,6 @@ import torch
 WHITEN_EPS = 1e-8
 
 
-def response_mask(response_ids: torch.LongTensor, eos_id: int, pad_id: int) -> torch.FloatTensor:
-    """1 on response tokens up to and including the first EOS, 0 after it.
-
-    response_ids: [B, T] generated tokens (right-padded). Returns a float [B, T] mask.
-
-    The mask is always a prefix of each row (a run of 1s then 0s), which ``compose_rewards`` and ``gae``
-    rely on. When ``pad_id != eos_id`` a pad token before any EOS also ends the response (exclusive),
-    as in TRL's PPOTrainer, which takes the response length as the first pad after truncating at the
-    stop token (``first_true_indices(postprocessed_response == pad_token_id) - 1``). When pad and EOS
-    share an id (common for LLaMA tokenizers) the first occurrence counts as the EOS and is kept.
-    A row without EOS or pad (truncated at max length) is all 1s.
-    """
-    if response_ids.dim() != 2:
-        raise ValueError(f"response_ids must be [B, T], got shape {tuple(response_ids.shape)}")
-    is_eos = response_ids == eos_id
-    # Exclusive cumulative count: > 0 strictly after the first EOS, so the EOS itself stays in.
-    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
-    keep = ~after_eos
-    if pad_id != eos_id:
-        # A pad before the EOS ends the response too; cumsum makes everything after it 0 as well.
-        keep &= (response_ids == pad_id).long().cumsum(dim=1) == 0
-    return keep.float()
-
-
 def as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
     """A float/bool mask as bool (nonzero = kept)."""
     return mask if mask.dtype == torch.bool else mask != 0
