@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run a benchmark from a fresh clone: set up the venv(s) first, where the package registry is reachable, then the
 # benchmark itself inside the loopback-only namespace (cluster/netns.sh), which reaches nothing but 127.0.0.1.
-# Usage: bash benchmarks/run.sh NAME [ARGS...]   NAME: sft_throughput, ppo_iteration, grpo_iteration, serve_throughput
+# Usage: bash benchmarks/run.sh NAME [ARGS...]   NAME: any benchmarks/NAME.py (sft_throughput, ppo_iteration, grpo_iteration,
+#   serve_throughput, dpo_throughput, sampling)
 set -euo pipefail
 name="${1:-}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "$name" || ! -f "$here/$name.py" ]]; then
-  echo "usage: bash benchmarks/run.sh NAME [ARGS...]  (NAME: sft_throughput, ppo_iteration, grpo_iteration or serve_throughput)" >&2
+  echo "usage: bash benchmarks/run.sh NAME [ARGS...]  (NAME: a benchmarks/NAME.py)" >&2
   exit 2
 fi
 shift
