@@ -31,7 +31,7 @@ def ppo_overrides(actor: str, reward: str, gpu: bool, iterations: int, prompts: 
         f"actor.path={actor}", "reward.function=null", f"reward.model={reward}", f"critic.path={reward}",
         "prompts.max_prompt_length=128",
         f"rollout.prompts_per_iteration={prompts}", f"rollout.max_new_tokens={new_tokens}",
-        f"rollout.forward_batch_size={min(prompts, 32)}",
+        f"rollout.forward_batch_size={min(prompts, 32)}", "rollout.generation.engine=static",
         "algorithm.ppo_epochs=1", f"algorithm.mini_batch_size={mini}",
         f"loop.iterations={iterations}", "loop.checkpoint_every=0",
         "deepspeed.zero_stage=2", f"deepspeed.precision={'bf16' if gpu else 'fp32'}",

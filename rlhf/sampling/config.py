@@ -30,7 +30,7 @@ class SamplingParams:
 class GenerationSection(Section):
     engine: Literal["auto", "eager", "static"] = Field(
         "auto", description="eager (HF generate), static (static KV cache + compiled decode step, CUDA graphs on "
-        "GPU); auto = static on GPU, eager on CPU (measured: benchmarks/sampling.py)")
+        "GPU); auto = eager (static becomes the GPU default once benchmarks/gpu_check.sh measures it faster)")
     compile: bool = Field(True, description="static: torch.compile the decode step (mode reduce-overhead)")
     max_batch_tokens: int = Field(
         65536, ge=1, description="cap on rows x (padded prompt + max_new_tokens) per batch: bounds KV cache and "
