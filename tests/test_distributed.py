@@ -37,6 +37,11 @@ def _rank_main(rank: int, world: int, port: int, backend: str, fn_name: str, err
             torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         globals()[fn_name](rank, world)
+        # Both ranks finish their collectives before either tears down: a rank that destroys the group (and exits)
+        # while its peer is still inside a gloo collective aborted the peer once in CI ("terminate called without
+        # an active exception"). (The CUDA-only group has no CPU barrier; its test runs no collective on CPU.)
+        if backend == "gloo":
+            dist.barrier()
     except BaseException:  # noqa: BLE001 - the parent reports every rank's failure
         errors.put(f"rank {rank}: {traceback.format_exc()}")
     finally:

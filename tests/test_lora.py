@@ -72,8 +72,6 @@ def process_group():
     """A one-rank gloo group on loopback, the same kind Ray Train sets up for each worker."""
     import os
 
-    import torch.distributed as dist
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -85,8 +83,9 @@ def process_group():
     torch.set_num_threads(1)  # like one Ray Train worker (cpus_per_worker: 1); spinning OMP threads only contend
     yield
     torch.set_num_threads(threads)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    from rlhf.engine.build import shutdown_distributed
+
+    shutdown_distributed()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

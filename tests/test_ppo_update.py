@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 
-from rlhf.engine.build import build_engine, init_distributed
+from rlhf.engine.build import build_engine, init_distributed, shutdown_distributed
 from rlhf.ppo.experience import Experience, build_rollout, response_logits, response_logprobs
 from rlhf.ppo.losses import policy_loss
 from rlhf.ppo.minibatch import micro_weights, run_update
@@ -24,8 +24,6 @@ def process_group():
     """A one-rank gloo group on loopback, the same kind each PPO role worker forms."""
     import os
 
-    import torch.distributed as dist
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -38,8 +36,7 @@ def process_group():
     init_distributed()
     yield
     torch.set_num_threads(threads)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

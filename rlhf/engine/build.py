@@ -31,6 +31,19 @@ def init_distributed(backend: str | None = None) -> None:
     deepspeed.init_distributed(dist_backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"), verbose=False)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group and forget DeepSpeed's clone of the world group. DeepSpeed caches that clone
+    (``deepspeed.utils.groups._WORLD_GROUP``) for the life of the process; after a destroy/init cycle in the same
+    process (tests, notebooks) the stale clone makes ``deepspeed.initialize`` fail with "Group ... is not
+    registered". A worker process that inits once never needs this."""
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    groups._WORLD_GROUP = None
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
