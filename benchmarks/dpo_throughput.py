@@ -9,7 +9,7 @@ All four train on the same token ids (TRL gets our tokenized pairs: prompt_ids/c
 collator and loss), the same batch order, beta, lr and precision; time per step is the median after warm-up steps,
 reference precomputation excluded for both. Prints a table and writes JSON to benchmarks/results/.
 
-    bash cluster/netns.sh python benchmarks/dpo_throughput.py [--steps 20] [--threads 2]
+    bash benchmarks/run.sh dpo_throughput [--steps 20] [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--repeats", type=int, default=3, help="whole comparisons to run; median and range reported")
     ap.add_argument("--work", default="/tmp/rlhf-bench-dpo")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--note", default="", help="machine state to record (e.g. 'shared with other jobs')")
@@ -118,32 +119,47 @@ def main() -> int:
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(200)))
 
-    ours, ours_dir = run_ours(work, data, args.steps, args.threads, "precompute")
-    ours_live, _ = run_ours(work, data, args.steps, args.threads, "live")
+    # Whole comparisons repeated (ours and TRL interleaved, so drift in machine load hits both sides): the
+    # ratio's median and range over runs is what we report, never one run.
     from rlhf.data.splits import load_examples
     from rlhf.models.loading import resolve_model_path
 
-    examples = load_examples(ours_dir, "train")
-    assert all(len(s) == SEQ for e in examples for s in e["ids"]), "every sequence must be SEQ tokens"
     model_dir = resolve_model_path(MODEL)
-    trl = run_trl(model_dir, examples, args.steps, args.threads, work, precompute=False)
-    trl_pre = run_trl(model_dir, examples, args.steps, args.threads, work, precompute=True)
+    runs = []
+    for r in range(args.repeats):
+        ours, ours_dir = run_ours(work, data, args.steps, args.threads, "precompute")
+        ours_live, _ = run_ours(work, data, args.steps, args.threads, "live")
+        examples = load_examples(ours_dir, "train")
+        assert all(len(s) == SEQ for e in examples for s in e["ids"]), "every sequence must be SEQ tokens"
+        trl = run_trl(model_dir, examples, args.steps, args.threads, work, precompute=False)
+        trl_pre = run_trl(model_dir, examples, args.steps, args.threads, work, precompute=True)
+        runs.append({"ours": ours, "ours_live": ours_live, "trl": trl, "trl_precomp": trl_pre})
+        print(f"run {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[-1].items()) + " pairs/s")
 
-    speeds = {"ours": ours, "ours_live": ours_live, "trl": trl, "trl_precomp": trl_pre}
+    def summary(values: list[float]) -> dict:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+    speeds = {k: summary([run[k] for run in runs]) for k in runs[0]}
+    ratios = {name: summary([run[a] / run[b] for run in runs])
+              for name, (a, b) in {"ours_vs_trl": ("ours", "trl"), "ours_live_vs_trl": ("ours_live", "trl"),
+                                   "ours_vs_trl_precomp": ("ours", "trl_precomp")}.items()}
     result = {
         "benchmark": "dpo_throughput", "model": MODEL, "seq": SEQ, "batch_pairs": BATCH, "precision": "fp32",
-        "steps": args.steps, "threads": args.threads, "pairs_per_s": speeds,
-        "ours_vs_trl": ours / trl, "ours_live_vs_trl": ours_live / trl, "ours_vs_trl_precomp": ours / trl_pre,
+        "steps": args.steps, "threads": args.threads, "repeats": args.repeats, "pairs_per_s": speeds, **ratios,
         "target": {"ours_vs_trl": 1.2}, "note": args.note,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "torch": torch.__version__},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    print(f"\nDPO throughput, {MODEL}, {BATCH} pairs x 2 x {SEQ} tokens a step, fp32, {args.threads} threads")
-    print(f"{'engine':<13}{'pairs/s':>10}{'ours vs':>10}")
+    print(f"\nDPO throughput, {MODEL}, {BATCH} pairs x 2 x {SEQ} tokens a step, fp32, {args.threads} threads, "
+          f"median [min, max] of {args.repeats} runs")
+    print(f"{'engine':<13}{'pairs/s':>22}{'ours/engine':>24}")
     for name, v in speeds.items():
-        print(f"{name:<13}{v:>10.2f}{ours / v:>10.2f}")
-    print(f"ours/trl = {result['ours_vs_trl']:.2f} (target >= 1.2)")
+        ratio = summary([run["ours"] / run[name] for run in runs])
+        print(f"{name:<13}{v['median']:>8.2f} [{v['min']:.2f}, {v['max']:.2f}]"
+              f"{ratio['median']:>10.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}]")
+    r = ratios["ours_vs_trl"]
+    print(f"ours/trl = {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}] (target >= 1.2)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dpo_throughput.json").write_text(json.dumps(result, indent=2) + "\n")

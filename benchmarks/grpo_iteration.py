@@ -130,28 +130,41 @@ def main() -> None:
     p.add_argument("--cpus-per-bundle", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker of ours")
     p.add_argument("--trl-threads", type=int, default=1, help="torch threads for TRL's single process")
+    p.add_argument("--repeats", type=int, default=3, help="whole comparisons to run; median and range reported")
     p.add_argument("--skip-trl", action="store_true", help="time ours only")
     p.add_argument("--skip-ours", action="store_true", help="time TRL only")
     p.add_argument("--json", default="benchmarks/results/grpo_iteration.json", help="write the results here")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    trl = None if args.skip_trl else run_trl(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = None if args.skip_ours else run_ours(args, Path(tmp) / "ours")
+    # Whole comparisons repeated, TRL and ours interleaved so drift in machine load hits both: the ratio's median
+    # and range over runs is what we report, never one run.
+    runs = []
+    for r in range(args.repeats):
+        trl = None if args.skip_trl else run_trl(args)
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = None if args.skip_ours else run_ours(args, Path(tmp) / "ours")
+        runs.append({"ours": ours, "trl": trl,
+                     "ratio": ours["iteration_s"] / trl["iteration_s"] if ours and trl else None})
+        print(f"run {r + 1}/{args.repeats}: ours {ours and ours['iteration_s']}, trl {trl and trl['iteration_s']}")
     print(f"\nGRPO iteration, {args.groups} prompts x {args.samples} samples x {args.max_new_tokens} new tokens, "
           f"{args.epochs} epochs x {args.groups * args.samples // args.mini_batch} minibatches, tiny LLaMA, "
-          f"{os.cpu_count()} CPUs (median of {args.iterations - 1} iterations after warm-up)")
-    if ours:
-        print(f"  ours: {ours['iteration_s']:.3f} s  (" + ", ".join(
-            f"{k[5:-2]} {ours[k]:.3f}" for k in PHASES) + ")")
-    if trl:
-        print(f"  TRL 1.16 GRPOTrainer ({trl['threads']} torch threads): {trl['iteration_s']:.3f} s")
-    ratio = ours["iteration_s"] / trl["iteration_s"] if ours and trl else None
-    if ratio is not None:
-        print(f"  ours / TRL = {ratio:.2f} (target <= 0.7)")
+          f"{os.cpu_count()} CPUs (per run: median of {args.iterations - 1} iterations after warm-up)")
+    for i, run in enumerate(runs):
+        ours, trl = run["ours"], run["trl"]
+        line = f"  run {i + 1}:"
+        if ours:
+            line += f" ours {ours['iteration_s']:.3f} s (" + ", ".join(f"{k[5:-2]} {ours[k]:.3f}" for k in PHASES) + ")"
+        if trl:
+            line += f"  TRL 1.16 GRPOTrainer ({trl['threads']} threads) {trl['iteration_s']:.3f} s"
+        print(line)
+    ratios = [run["ratio"] for run in runs if run["ratio"] is not None]
+    ratio = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)} if ratios else None
+    if ratio:
+        print(f"  ours / TRL = {ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}] over {len(ratios)} runs "
+              "(target <= 0.7)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"ours": ours, "trl": trl, "ratio": ratio, "args": vars(args),
+    out.write_text(json.dumps({"runs": runs, "ratio": ratio, "args": vars(args),
                                "cpus": os.cpu_count()}, indent=2) + "\n")
 
 
