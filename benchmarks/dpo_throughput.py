@@ -34,9 +34,11 @@ def make_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
         prompt = " ".join(words[(i + j) % len(words)] for j in range(300))
-        chosen = " ".join(words[(2 * i + j) % len(words)] for j in range(30))
-        rejected = " ".join(words[(3 * i + j + 5) % len(words)] for j in range(30))
-        rows.append({"prompt": f"Passage {i}: {prompt}", "chosen": chosen, "rejected": f"no: {rejected}"})
+        chosen = [words[(2 * i + j) % len(words)] for j in range(30)]
+        # The same words, all but the first reversed: a different response of the same token count, so that both sides keep the same
+        # prompt tokens after the cut to SEQ (TRL's DPO collator takes one prompt per pair).
+        rows.append({"prompt": f"Passage {i}: {prompt}", "chosen": " ".join(chosen),
+                     "rejected": " ".join(chosen[:1] + chosen[:0:-1])})
     return rows
 
 
