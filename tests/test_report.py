@@ -87,3 +87,24 @@ def test_rlhf_report_command(pipeline_dir: Path, tmp_path_factory, capsys):
     assert cli_main(["report", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "no pipeline.json" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("reward, estimator, expect, absent", [
+    ({"model": "/rm"}, "gae", ["PPO optimised the RM's score, never the oracle's", "oracle accuracy, PPO"], []),
+    ({"function": "rlhf.world.oracle:oracle_reward"}, "grpo",
+     ["GRPO optimised the oracle itself as a verifiable reward", "oracle accuracy, GRPO", "GRPO's kl_target"],
+     ["never the oracle"]),
+    ({"model": "/rm", "function": "my.mod:bonus"}, "rloo", ["RLOO optimised the RM's score, the reward function "
+                                                            "`my.mod:bonus`, never the oracle's"], []),
+])
+def test_report_says_what_the_policy_optimised(pipeline_dir: Path, reward, estimator, expect, absent):
+    """A verifiable-reward run must not claim the oracle was never optimised, and columns name the method."""
+    manifest = json.loads((pipeline_dir / "ppo" / "manifest.json").read_text())
+    manifest["config"].update(reward=reward, algorithm={"kl_target": 2.0, "estimator": estimator})
+    (pipeline_dir / "ppo" / "manifest.json").write_text(json.dumps(manifest))
+    write_report(pipeline_dir)
+    text = (pipeline_dir / "report.md").read_text()
+    for phrase in expect:
+        assert phrase in text
+    for phrase in absent:
+        assert phrase not in text

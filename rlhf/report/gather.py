@@ -69,6 +69,23 @@ def seeds(dirs: dict[str, Path]) -> dict[str, int]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+ESTIMATOR_NAMES = {"gae": "PPO", "grpo": "GRPO", "dr_grpo": "Dr. GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
+
+
+def training_signal(dirs: dict[str, Path]) -> dict:
+    """What the trained policy optimised, for the report's wording: the method (the RL stage's estimator, or DPO)
+    and its reward sources (RM, remote service, reward function)."""
+    if "ppo" in dirs:
+        cfg = _config(dirs["ppo"])
+        reward = cfg.get("reward") or {}
+        return {"method": ESTIMATOR_NAMES.get(_get(cfg, "algorithm.estimator") or "gae", "PPO"),
+                "reward_model": bool(reward.get("model")), "reward_url": bool(reward.get("url")),
+                "reward_function": reward.get("function")}
+    if "dpo" in dirs:
+        return {"method": "DPO", "reward_model": False, "reward_url": False, "reward_function": None}
+    return {"method": None, "reward_model": False, "reward_url": False, "reward_function": None}
+
+
 def gather(out: Path) -> ReportData:
     dirs = stage_dirs(out)
     manifests = {kind: read_manifest(path) or {} for kind, path in dirs.items()}
@@ -104,6 +121,7 @@ def gather(out: Path) -> ReportData:
         "seed": next(iter(set(seed_values.values()))) if len(set(seed_values.values())) == 1 else None,
         "seeds": seed_values,
         "names": {"policy": policy, "baseline": baseline},
+        "training": training_signal(dirs),
         "gain_target": TARGET_ACCURACY_GAIN_DPO if "dpo" in dirs and "ppo" not in dirs else TARGET_ACCURACY_GAIN,
         "dpo_eval_reward_accuracy": (manifests.get("dpo", {}).get("metrics") or {}).get("eval_reward_accuracy"),
     }
