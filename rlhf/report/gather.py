@@ -1,7 +1,8 @@
 """Read a pipeline directory into what the report shows: the headline numbers and the training curves.
 
-Stages are found by type through DIR/pipeline.json (written by the runner): the first ``sft``, ``rm``, ``ppo``
-and ``dpo`` stages, the ``collect`` stage in ``preferences`` mode, and the last ``eval`` stage. A stage that is
+Stages are found by type through DIR/pipeline.json (written by the runner): the first ``sft`` and ``rm`` stages
+and ``collect`` stage in ``preferences`` mode, and the last ``ppo``, ``dpo`` and ``eval`` stages (an iterative
+pipeline's last round is the policy the eval scores). A stage that is
 missing or not complete leaves its numbers out (None) rather than failing, so a partial run still reports.
 """
 
@@ -43,9 +44,9 @@ def stage_dirs(out: Path) -> dict[str, Path]:
             continue
         if kind == "collect" and manifest.get("config", {}).get("mode") == "preferences":
             found.setdefault("prefs", path)
-        elif kind == "eval":
-            found["eval"] = path
-        elif kind in ("sft", "rm", "ppo", "dpo"):
+        elif kind in ("eval", "ppo", "dpo"):
+            found[kind] = path
+        elif kind in ("sft", "rm"):
             found.setdefault(kind, path)
     return found
 

@@ -71,8 +71,9 @@ def render_markdown(report: dict, data: ReportData) -> str:
         f"{_fmt(s.get('rm_accuracy_clean'))} | ≥ {_fmt(t['rm_accuracy_clean']['target'], 2)} | "
         f"{_mark(t['rm_accuracy_clean']['met'])} |",
         f"| KL({P} ‖ {B}), nats per response | {_fmt(s.get('kl_ppo_vs_sft'))} ± "
-        f"{_fmt(s.get('kl_ppo_vs_sft_stderr'))} | < {_fmt(t['kl_under_target']['target'])} ({P}'s kl_target) | "
-        f"{_mark(t['kl_under_target']['met'])} |",
+        f"{_fmt(s.get('kl_ppo_vs_sft_stderr'))} | "
+        + (f"< {_fmt(t['kl_under_target']['target'])} ({P}'s kl_target) | {_mark(t['kl_under_target']['met'])} |"
+           if t["kl_under_target"]["target"] is not None else f"- ({P} has no KL target) | |"),
         f"| wall time, all stages (s) | {_fmt(s.get('wall_s'), 0)} | ≤ {_fmt(t['wall_s']['target'])} | "
         f"{_mark(t['wall_s']['met'])} |",
     ]
