@@ -47,6 +47,8 @@ class SamplingSection(Section):
     max_new_tokens: int = Field(32, ge=1, description="response length cap (use PPO's rollout.max_new_tokens)")
     samples_per_prompt: int = Field(2, ge=1, description="K responses per prompt and policy")
     seed: int = Field(0, description="sampling seed (the same for both policies)")
+    best_of: int = Field(1, ge=1, description="best-of-n for the policy: each of its K responses is the reward "
+                         "model's favourite of n samples (needs reward_model; KL reported as log n - (n-1)/n)")
 
 
 class RMPairsSection(Section):

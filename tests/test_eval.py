@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlhf.eval.evaluate import by_family, grouped, mean_and_stderr
+from rlhf.eval.evaluate import best_of_n, best_of_n_kl, by_family, grouped, mean_and_stderr
 from rlhf.eval.judge import JudgeResult, combine_orders
 from rlhf.eval.kl import kl_estimate
 from rlhf.eval.policy import Samples
@@ -107,3 +107,20 @@ def test_sampling_is_seeded_and_k_per_prompt(tiny_policy):
     b = tiny_policy.sample(prompts, 3, 1.0, 1.0, 5, seed=7)
     assert a.prompt_index == [0, 0, 0, 1, 1, 1] and a.k == 3
     assert a.ids == b.ids and all(1 <= len(r) <= 5 for r in a.ids)
+
+
+def test_best_of_n_keeps_the_rm_favourite_of_each_run_of_n():
+    # 2 prompts x K=2 x n=3 draws, prompt-major; ties go to the first.
+    texts = [f"t{i}" for i in range(12)]
+    drawn = Samples([0] * 6 + [1] * 6, [[i] for i in range(12)], texts, 6)
+    rm = [0.1, 0.9, 0.3, 0.5, 0.5, 0.2, -1.0, -2.0, -0.5, 2.0, 1.0, 2.0]
+    picked, scores = best_of_n(drawn, rm, 3)
+    assert picked.texts == ["t1", "t3", "t8", "t9"] and picked.k == 2
+    assert picked.prompt_index == [0, 0, 1, 1] and picked.ids == [[1], [3], [8], [9]]
+    assert scores == [0.9, 0.5, -0.5, 2.0]
+
+
+def test_best_of_n_kl_is_log_n_minus_n_minus_one_over_n():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.636 nats
+    assert best_of_n_kl(16) == pytest.approx(2.7726 - 0.9375, abs=1e-4)

@@ -43,6 +43,23 @@ def grouped(samples: Samples, n_prompts: int, k: int | None = None) -> list[list
     return [samples.texts[i * samples.k:i * samples.k + k] for i in range(n_prompts)]
 
 
+def best_of_n(samples: Samples, rm: list[float], n: int) -> tuple[Samples, list[float]]:
+    """Keep the reward model's favourite of each run of ``n`` consecutive samples (ties: the first).
+
+    samples: K*n responses per prompt, prompt-major; rm: [N*K*n] their RM scores. Returns K per prompt and their
+    RM scores (Stiennon et al. 2020 and Nakano et al. 2021's best-of-n against a reward model)."""
+    keep = [g * n + max(range(n), key=lambda j: (rm[g * n + j], -j)) for g in range(len(samples.ids) // n)]
+    picked = Samples([samples.prompt_index[i] for i in keep], [samples.ids[i] for i in keep],
+                     [samples.texts[i] for i in keep], samples.k // n)
+    return picked, [rm[i] for i in keep]
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base) = log n - (n-1)/n nats (Stiennon et al. 2020, appendix; exact without ties,
+    an upper bound otherwise): the per-sample estimator would read the base model's own log-probs and give 0."""
+    return math.log(n) - (n - 1) / n
+
+
 def same_vocab(a: Policy, b: Policy) -> bool:
     return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 
@@ -61,13 +78,21 @@ def evaluate(cfg, rows: list[dict], messages: list[Messages], use_oracle: bool,
     for role, p in policies.items():
         prompt_ids[role], truncated[names[role]] = p.bound([encode(m, p.tokenizer) for m in messages],
                                                            s.max_new_tokens)
-    samples = {role: p.sample(prompt_ids[role], k, s.temperature, s.top_p, s.max_new_tokens, s.seed, cfg.batch_size,
-                              cfg.generation) for role, p in policies.items()}
+    if s.best_of > 1 and not cfg.reward_model:
+        raise UserError("eval: sampling.best_of needs reward_model (the RM picks the best of n)")
+    draws = {"policy": k * s.best_of, "baseline": k}
+    samples = {role: p.sample(prompt_ids[role], draws[role], s.temperature, s.top_p, s.max_new_tokens, s.seed,
+                              cfg.batch_size, cfg.generation) for role, p in policies.items()}
+    scorer = _rm_scorer(cfg) if cfg.reward_model else None
+    if s.best_of > 1:
+        drawn = samples["policy"]
+        rm = rm_scores(scorer, [messages[i] for i in drawn.prompt_index], drawn.texts, cfg.batch_size)
+        samples["policy"], _ = best_of_n(drawn, rm, s.best_of)
     n = len(rows)
     result: dict = {"policy": names["policy"], "baseline": names["baseline"] if cfg.baseline else None,
                     "prompts": n, "prompts_truncated": truncated, "samples_per_prompt": k,
                     "decoding": "greedy" if s.temperature == 0 else f"sampling, temperature {s.temperature}, top_p {s.top_p}",
-                    "max_new_tokens": s.max_new_tokens}
+                    "max_new_tokens": s.max_new_tokens, "best_of": s.best_of}
     scores: dict[str, dict[str, list[float]]] = defaultdict(dict)
 
     if use_oracle:
@@ -83,7 +108,7 @@ def evaluate(cfg, rows: list[dict], messages: list[Messages], use_oracle: bool,
                 scores["policy"]["oracle"], scores["baseline"]["oracle"])
 
     if cfg.reward_model:
-        _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, result, names)
+        _score_with_rm(cfg, scorer, rows, messages, policies, samples, prompt_ids, scores, result, names)
 
     if cfg.baseline and cfg.kl.enabled:
         _estimate_kl(cfg, policies, samples["policy"], prompt_ids, result, names)
@@ -104,11 +129,14 @@ def evaluate(cfg, rows: list[dict], messages: list[Messages], use_oracle: bool,
     return result, _sample_rows(rows, samples, scores, names)
 
 
-def _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, result, names) -> None:
-    from rlhf.reward.model import RewardScorer
+def _rm_scorer(cfg):
     from rlhf.models.loading import resolve_model_path
+    from rlhf.reward.model import RewardScorer
 
-    scorer = RewardScorer(resolve_model_path(cfg.reward_model), device="auto", precision=cfg.precision)
+    return RewardScorer(resolve_model_path(cfg.reward_model), device="auto", precision=cfg.precision)
+
+
+def _score_with_rm(cfg, scorer, rows, messages, policies, samples, prompt_ids, scores, result, names) -> None:
     result["rm_score_mean"] = {}
     for role, smp in samples.items():
         scores[role]["rm"] = rm_scores(scorer, [messages[i] for i in smp.prompt_index], smp.texts, cfg.batch_size)
@@ -131,6 +159,11 @@ def _score_with_rm(cfg, rows, messages, policies, samples, prompt_ids, scores, r
 
 def _estimate_kl(cfg, policies, policy_samples: Samples, prompt_ids, result, names) -> None:
     policy, baseline = policies["policy"], policies["baseline"]
+    key = f"kl_{names['policy']}_vs_{names['baseline']}"
+    if cfg.sampling.best_of > 1:
+        result[key], result[f"{key}_stderr"], result["kl_method"] = best_of_n_kl(cfg.sampling.best_of), 0.0, \
+            "best-of-n: log n - (n-1)/n"
+        return
     if not same_vocab(policy, baseline):
         raise UserError("eval: kl needs the policy and the baseline to share a tokenizer; set kl.enabled: false")
     s, t = cfg.sampling, cfg.kl.temperature
@@ -142,7 +175,6 @@ def _estimate_kl(cfg, policies, policy_samples: Samples, prompt_ids, result, nam
     logp_policy = policy.sequence_logprobs(x, smp.ids, t, cfg.batch_size)
     logp_base = baseline.sequence_logprobs(x, smp.ids, t, cfg.batch_size)
     kl, err = kl_estimate(logp_policy, logp_base, smp.prompt_index)
-    key = f"kl_{names['policy']}_vs_{names['baseline']}"
     result[key], result[f"{key}_stderr"], result["kl_samples"] = kl, err, len(smp.ids)
 
 
