@@ -83,6 +83,7 @@ def run_method(method: Method, root: Path, seed: int, overrides: list[str], log:
 
 def run_best_of(method: Method, root: Path, log: Callable[[str], None]) -> Path:
     """The eval stage alone, with the PPO row's exact eval settings: the SFT policy, best of n by the RM."""
+    from rlhf.manifest import read_manifest
     from stages import eval as eval_stage
 
     reference = json.loads((root / "ppo" / "eval" / "manifest.json").read_text())["config"]
@@ -91,6 +92,10 @@ def run_best_of(method: Method, root: Path, log: Callable[[str], None]) -> Path:
         "sampling": {**reference["sampling"], "best_of": method.best_of},
     })
     out = root / method.name
+    done = read_manifest(out)
+    if done and done.get("status") == "complete" and done.get("config") == cfg.model_dump(mode="json"):
+        log(f"[rlhf] study: {method.label}: skipped (complete; same eval config) -> {out}")
+        return out
     log(f"[rlhf] study: {method.label} -> {out}")
     eval_stage.run(cfg, out)
     return out

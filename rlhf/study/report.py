@@ -82,6 +82,11 @@ def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _pm(mean, sd, n_seeds: int, digits: int = 3) -> str:
+    """mean ± sd, or the mean alone for one seed (a standard deviation of one value says nothing)."""
+    return _f(mean, digits) + (f" ± {_f(sd, digits)}" if n_seeds > 1 else "")
+
+
 def render(study: dict) -> str:
     rows = study["methods"]
     seeds = study["seeds"]
@@ -91,11 +96,12 @@ def render(study: dict) -> str:
         "",
         f"Made by `rlhf study --seeds {','.join(map(str, seeds))}`. Per seed: one SFT model, one preference set and "
         "one RM, shared by every method (see `rlhf/study/__init__.py`). Oracle = the task world's exact checker; only "
-        "the `GRPO (oracle reward)` row trained on it. Mean ± standard deviation over seeds; the gain's 95% interval "
-        f"is a {rows[next(iter(rows))]['gain_ci95_method']}.",
+        "the `GRPO (oracle reward)` row trained on it. Mean ± standard deviation over seeds (none with one seed); the "
+        "gain's 95% interval "
+        f"({rows[next(iter(rows))]['gain_ci95_method']}).",
         "",
-        f"SFT oracle accuracy: {_f(sft['sft_accuracy_mean'])} ± {_f(sft['sft_accuracy_sd'])}. RM accuracy on "
-        f"held-out pairs with clean labels: {_f(sft['rm_accuracy_clean_mean'])} ± {_f(sft['rm_accuracy_clean_sd'])}.",
+        f"SFT oracle accuracy: {_pm(sft['sft_accuracy_mean'], sft['sft_accuracy_sd'], len(seeds))}. RM accuracy on "
+        f"held-out pairs with clean labels: {_pm(sft['rm_accuracy_clean_mean'], sft['rm_accuracy_clean_sd'], len(seeds))}.",
         "",
         "| method | oracle accuracy | gain over SFT [95% interval] | win rate vs SFT | KL to SFT (nats) | "
         f"families down > {FAMILY_DROP} | wall time (s) |",
@@ -103,8 +109,8 @@ def render(study: dict) -> str:
     ]
     for name, r in rows.items():
         flagged = ", ".join(f"**{f} {r['family_change_mean'][f]:+.3f}**" for f in r["families_flagged"]) or "none"
-        kl = f"{_f(r['kl_mean'], 2)} ± {_f(r['kl_sd'], 2)}" + (" (bound)" if r["kl_method"].startswith("best") else "")
-        lines.append(f"| {r['label']} | {_f(r['accuracy_mean'])} ± {_f(r['accuracy_sd'])} | "
+        kl = _pm(r["kl_mean"], r["kl_sd"], len(seeds), 2) + (" (bound)" if r["kl_method"].startswith("best") else "")
+        lines.append(f"| {r['label']} | {_pm(r['accuracy_mean'], r['accuracy_sd'], len(seeds))} | "
                      f"{r['gain_mean']:+.3f} [{r['gain_ci95'][0]:+.3f}, {r['gain_ci95'][1]:+.3f}] | "
                      f"{_f(r['win_rate_mean'])} | {kl} | {flagged} | {r['wall_s_mean']:.0f} |")
     lines += ["", "Wall time: the method's own stages (its training stage, and any stage it did not share, and its "
