@@ -168,9 +168,17 @@ def test_a_role_that_fails_to_start_releases_every_reservation(tmp_path):
 
 def test_colocate_all_with_states_asleep_while_generating_matches_awake(tmp_path):
     """All four roles on one bundle; the actor's and critic's optimizer states and gradients leave for the host while
-    the actor generates and come back: the run is the same, step for step, as one that keeps them."""
+    the actor generates and come back: the run is the same, step for step, as one that keeps them. And the same
+    config and seed run twice on one machine is bit-identical (the README's reproducibility statement): the
+    trained actor's content hash and every logged number are equal."""
     common = ("loop.iterations=2", "resources.colocate_all=true", "resources.cpus_per_bundle=1")
-    run_ppo(tmp_path / "awake", *common)
+    first = run_ppo(tmp_path / "awake", *common)
+    again = run_ppo(tmp_path / "again", *common)
+    assert first["outputs"]["actor"]["hash"] == again["outputs"]["actor"]["hash"]
+    assert [{k: v for k, v in r.items() if not k.startswith("time")}
+            for r in good_rows(tmp_path / "awake")] == \
+        [{k: v for k, v in r.items() if not k.startswith("time")}
+         for r in good_rows(tmp_path / "again")]
     run_ppo(tmp_path / "asleep", *common, "resources.offload_while_generating=true")
     awake, asleep = good_rows(tmp_path / "awake"), good_rows(tmp_path / "asleep")
     assert len(awake) == len(asleep) == 2
