@@ -106,3 +106,23 @@ def test_wandb_offline_run_gets_config_metrics_and_artifacts(tmp_path, monkeypat
     steps = [(h["_step"], h.get("loss"), h.get("eval_loss")) for h in history]
     assert steps == [(1, 1.0, None), (2, 0.5, None), (3, pytest.approx(1 / 3, abs=1e-6), None), (4, 0.25, 0.5)]
     assert artifacts == ["sft-sft"]
+
+
+def test_deepspeed_import_skips_mlflow_and_leaves_it_importable():
+    """Every worker imports DeepSpeed through ``import_deepspeed``, which keeps DeepSpeed's autotuner from importing
+    MLflow (~1 s per process); MLflow must still import afterwards for the tracker."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mlflow")
+    code = ("import sys\n"
+            "from rlhf.engine.build import import_deepspeed\n"
+            "ds = import_deepspeed()\n"
+            "assert ds is sys.modules['deepspeed'] and ds.initialize\n"
+            "assert 'mlflow' not in sys.modules, 'mlflow was imported or left hidden'\n"
+            "import mlflow\n"
+            "assert mlflow.start_run\n"
+            "assert import_deepspeed() is ds\n"
+            "print('OK')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

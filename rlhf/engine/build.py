@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+
 import torch
 
 from rlhf.engine import collectives
@@ -11,9 +13,26 @@ from rlhf.engine.deepspeed_config import deepspeed_config
 from rlhf.sections import DeepSpeedSection, OptimSection
 
 
+def import_deepspeed():
+    """``import deepspeed``, without the MLflow import its autotuner makes whenever MLflow is installed (we install it
+    as the tracker extra). That import is ~1 s of DeepSpeed's ~2.5 s, paid by every worker process; the autotuner
+    is never used here. MLflow is hidden for this one import only and stays importable (rlhf.trackers uses it)."""
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # makes `import mlflow` raise ImportError, which DeepSpeed treats as absent
+    try:
+        import deepspeed
+    finally:
+        if hide and sys.modules.get("mlflow", 0) is None:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def quiet_deepspeed() -> None:
     """Keep DeepSpeed from JIT-building its shared-memory comm op (~30 s) on CPU; must run before init_distributed."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     if not torch.cuda.is_available():
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -23,7 +42,7 @@ def init_distributed(backend: str | None = None) -> None:
     """Join the process group Ray Train set up, or form our role group with ``backend`` (a torch backend string,
     see ``rlhf.engine.collectives.resolve_backend``; default gloo on CPU, NCCL on GPU). Pins this rank's GPU first:
     NCCL and gloo's CUDA path use the current device."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     quiet_deepspeed()
     if torch.cuda.is_available():
@@ -37,6 +56,8 @@ def shutdown_distributed() -> None:
     process (tests, notebooks) the stale clone makes ``deepspeed.initialize`` fail with "Group ... is not
     registered". A worker process that inits once never needs this."""
     import torch.distributed as dist
+
+    import_deepspeed()
     from deepspeed.utils import groups
 
     if dist.is_initialized():
@@ -84,7 +105,7 @@ def build_engine(
     trainable: bool = True,
 ) -> "deepspeed.DeepSpeedEngine":
     """Wrap ``model`` in DeepSpeed. ``trainable=False`` gives an inference engine (ZeRO-3 sharded if asked) with no optimizer."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     on_gpu = torch.cuda.is_available()
     world = collectives.world_size()
