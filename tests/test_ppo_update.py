@@ -131,9 +131,31 @@ def test_accumulated_update_equals_one_batch_update(process_group, weigh_by) -> 
     stats_acc = run_update(accumulated, exp, epochs=1, size=4, seed=0, loss_fn=fn, device=torch.device("cpu"),
                            micro=2, weigh_by=weigh_by)
     assert whole.global_steps == accumulated.global_steps == 2
-    assert_close(weights(whole), weights(accumulated), atol=2e-6)
+    # Adam divides by sqrt(v), so float32 summation-order noise in the gradients of weights with tiny gradients
+    # shows as weight differences up to ~3e-6 (measured, fused and unfused AdamW); micro-batches weighted wrongly
+    # (rows instead of tokens) differ by 3e-3. The bar sits between the two.
+    assert_close(weights(whole), weights(accumulated), atol=1e-5)
     assert stats_acc["loss"] == pytest.approx(stats_whole["loss"], abs=1e-5)
     assert stats_acc["nonfinite_loss"] == stats_whole["nonfinite_loss"] == 0.0
+
+
+@pytest.mark.slow
+def test_single_rank_zero0_skips_the_gradient_allreduce_with_the_same_update(process_group) -> None:
+    """One data-parallel rank under ZeRO-0: no flatten/all-reduce/copy-back of the gradients after each backward,
+    and the update is exactly the one with DeepSpeed's reduction left on. The optimizer is torch's fused AdamW."""
+    from rlhf.engine.snapshot import base_optimizer
+
+    exp = experience()
+    skipped = engine_for(micro=4, accumulation=1, zero_stage=0)
+    reduced = engine_for(micro=4, accumulation=1, zero_stage=0)
+    reduced.enable_backward_allreduce = True
+    assert skipped.enable_backward_allreduce is False
+    assert base_optimizer(skipped).defaults["fused"] is True
+    for engine in (skipped, reduced):
+        run_update(engine, exp, epochs=2, size=4, seed=0, loss_fn=loss_fn, device=torch.device("cpu"))
+    assert skipped.global_steps == reduced.global_steps == 4
+    assert_close(weights(skipped), weights(reduced), atol=0)
+    assert engine_for(micro=4, accumulation=1, zero_stage=2).enable_backward_allreduce is True  # ZeRO's own path
 
 
 @pytest.mark.slow

@@ -23,8 +23,8 @@ def deepspeed_config(
 ) -> dict:
     """A DeepSpeed JSON config. The LR schedule is ours (passed as a torch scheduler), so none is set here.
 
-    ``torch_adam`` keeps DeepSpeed from JIT-building FusedAdam on machines without CUDA; with optimizer offload,
-    DeepSpeedCPUAdam is the only supported choice, so it is left to DeepSpeed.
+    ``torch_adam`` keeps DeepSpeed from JIT-building FusedAdam on machines without CUDA (torch's own fused AdamW is
+    used instead); with optimizer offload, DeepSpeedCPUAdam is the only supported choice, so it is left to DeepSpeed.
     """
     precision = resolve_precision(ds, on_gpu)
     zero: dict = {"stage": ds.zero_stage}
@@ -57,5 +57,8 @@ def deepspeed_config(
         if not ds.offload_optimizer:
             params["torch_adam"] = True
             params["adam_w_mode"] = True
+            # torch's fused AdamW kernel (CPU and CUDA): one kernel per step instead of ~10 ops per tensor; on the
+            # tiny CPU model 2.6 ms vs 8.9 ms a step. DeepSpeed passes unknown params through to torch.optim.AdamW.
+            params["fused"] = True
         config["optimizer"] = {"type": "AdamW", "params": params}
     return config
