@@ -176,46 +176,27 @@ def test_dpo_two_workers_zero2_kill_resume_reuses_the_reference_cache(tmp_path):
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert re.search(r"resuming from .*/checkpoints/step_(\d+)", second.stdout), second.stdout[-3000:]
+    # Read from the rerun, not from `latest` right after the kill: the killed run's Ray workers may outlive their
+    # driver for a moment, and the step they resume from is whatever checkpoint was last complete.
+    resumed = re.search(r"resuming from .*/checkpoints/step_(\d+)", second.stdout)
+    assert resumed and 4 <= int(resumed.group(1)) < 16, second.stdout[-3000:]
     assert cache.stat().st_mtime_ns == cached_at  # the resumed run reused the cache, it did not recompute it
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and METRICS <= set(manifest["metrics"])
     m = manifest["metrics"]
     assert m["eval_reward_accuracy"] >= 0.8 and m["eval_reward_margin"] > 0
     assert m["train_loss_last"] < m["train_loss_first"]
-    assert [r["step"] for r in read_metrics(out) if "loss" in r] == list(range(1, 17))
+    assert [r["step"] for r in read_metrics(out) if "loss" in r] == list(range(1, 17))  # each step once
+    assert json.loads((out / "train_result.json").read_text())["steps"] == 16
     assert list((out / "tensorboard").glob("events.*"))
     assert load_and_generate_plain(out / "model")
 
-    # reference.mode=live (a frozen copy scores each batch) sees the same first batch from the same weights
+    # reference.mode=live (a frozen copy scores each batch) sees the same first batch from the same weights; in this
+    # process (the module's Ray), since the CLI path was just run twice
     live = tmp_path / "live"
-    third = subprocess.run([*cmd[:cmd.index("--out") + 1], str(live), "train.max_steps=1", "train.log_every=1",
-                            "train.eval_every=0", "train.checkpoint_every=0", "reference.mode=live"],
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    code = main(["stage", "dpo", "--config", TINY, "--out", str(live), "train.max_steps=1", "train.log_every=1",
+                 "train.eval_every=0", "train.checkpoint_every=0", "reference.mode=live"])
+    assert code == 0
     assert not (live / "reference_logps.pt").exists()
     first_loss = [r["loss"] for r in read_metrics(out) if "loss" in r][0]
     assert [r["loss"] for r in read_metrics(live) if "loss" in r][0] == pytest.approx(first_loss, abs=1e-4)
-
-
-def test_kto_reads_an_unpaired_file_and_pairs_as_desirable_and_undesirable(tmp_path):
-    from rlhf.config import load_config
-    from rlhf.models.loading import resolve_model_path
-    from rlhf.models.tokenizer import load_tokenizer
-    from stages import dpo
-
-    tok = load_tokenizer(resolve_model_path("embedded:tiny-llama"))
-    rows = [{"prompt": f"Q{i}?", "completion": f"A{i}.", "label": i % 3 != 0} for i in range(6)]
-    unpaired = write(tmp_path / "u.jsonl", rows)
-    cfg = load_config(dpo.Config, TINY, [f"data.path={unpaired}", "data.format=unpaired", "loss.kind=kto",
-                                          "data.eval_fraction=0"])
-    train, evals, _ = dpo.prepare_data(cfg, tok)
-    assert [e["label"] for e in train] == [0, 1, 1, 0, 1, 1] and evals == []
-    paired = write(tmp_path / "p.jsonl", [PAIR, {**PAIR, "rejected": "6"}])
-    cfg = load_config(dpo.Config, TINY, [f"data.path={paired}", "loss.kind=kto", "data.eval_fraction=0"])
-    train, _, _ = dpo.prepare_data(cfg, tok)
-    assert [e["label"] for e in train] == [1, 0, 1, 0]
-    bad = write(tmp_path / "b.jsonl", [{"prompt": "Q?", "completion": "A.", "label": "yes"}])
-    cfg = load_config(dpo.Config, TINY, [f"data.path={bad}", "data.format=unpaired", "loss.kind=kto"])
-    with pytest.raises(Exception, match="b.jsonl:1.*label"):
-        dpo.prepare_data(cfg, tok)
