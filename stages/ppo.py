@@ -132,13 +132,15 @@ def run(cfg: Config, out: str | Path) -> dict:
         critic_path = resolve_model_path(cfg.critic.path) if cfg.critic.path else (reward_model or actor_path)
     inputs = {"actor": actor_path, "critic": critic_path, "reward_model": reward_model, "prompts": cfg.prompts.path,
               "eval_prompts": cfg.eval.prompts if cfg.eval.every else None}
+    if cfg.eval.every and cfg.eval.validation_fraction:
+        inputs["eval_prompts"] = f"{cfg.prompts.path} (validation_fraction={cfg.eval.validation_fraction})"
     with StageRun("ppo", out, cfg, inputs=inputs) as stage:
         tokenizer = load_tokenizer(tokenizer_path)
         prompts, skipped = load_prompts(cfg.prompts, tokenizer)
         dropped = {"over_max_prompt_length": skipped} if skipped else {}
-        eval_prompts = (load_prompts(cfg.prompts, tokenizer, cfg.eval.prompts, cfg.eval.limit)[0]
-                        if cfg.eval.every else [])
-        print(f"[rlhf] ppo ({cfg.algorithm.estimator}): {len(prompts)} prompts (dropped: {dropped or 'none'}), "
+        prompts, eval_prompts = eval_split(cfg, tokenizer, prompts)
+        held = f", {len(eval_prompts)} held out for in-loop eval" if cfg.eval.validation_fraction else ""
+        print(f"[rlhf] ppo ({cfg.algorithm.estimator}): {len(prompts)} prompts{held} (dropped: {dropped or 'none'}), "
               f"{cfg.loop.iterations} iterations x {cfg.rollout.prompts_per_iteration} prompts x "
               f"{cfg.rollout.samples_per_prompt} samples -> {out}", flush=True)
         restarts = 0
@@ -169,9 +171,27 @@ def run(cfg: Config, out: str | Path) -> dict:
         if best.iteration is not None:
             outputs["actor_best"] = out / BEST_DIR
         manifest = stage.complete(metrics, outputs=outputs,
-                                  extra={"data": {"prompts": len(prompts), "dropped": dropped}})
+                                  extra={"data": {"prompts": len(prompts), "eval_prompts": len(eval_prompts),
+                                                  "dropped": dropped}})
     print(f"[rlhf] ppo done: actor -> {out / 'actor'}", flush=True)
     return manifest
+
+
+def eval_split(cfg: Config, tokenizer, prompts: list) -> tuple[list, list]:
+    """(training prompts, in-loop eval prompts). With eval.validation_fraction the eval prompts are a seeded share
+    of the training prompts, taken out of training (then eval.limit caps them); else eval.prompts, read whole."""
+    from rlhf.data.splits import split_eval
+    from rlhf.ppo.prompts import load_prompts
+
+    if not cfg.eval.every:
+        return prompts, []
+    if cfg.eval.validation_fraction:
+        train, held = split_eval(prompts, cfg.eval.validation_fraction, cfg.loop.seed)
+        if not held:
+            raise UserError(f"eval.validation_fraction={cfg.eval.validation_fraction}: {len(prompts)} prompt(s) "
+                            "leave none to hold out")
+        return train, held[: cfg.eval.limit]
+    return prompts, load_prompts(cfg.prompts, tokenizer, cfg.eval.prompts, cfg.eval.limit)[0]
 
 
 def worker_died(err: BaseException) -> bool:

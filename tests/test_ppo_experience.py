@@ -219,8 +219,20 @@ def test_stage_config_checks() -> None:
     with pytest.raises(UserError, match="x samples_per_prompt = 24 must be a multiple of algorithm.mini_batch_size=16"):
         ppo.check_batch_arithmetic(group.model_copy(update={"algorithm": group.algorithm.model_copy(
             update={"mini_batch_size": 16})}))
-    with pytest.raises(UserError, match="eval.every needs eval.prompts"):
+    with pytest.raises(UserError, match="eval.every needs eval.prompts or eval.validation_fraction"):
         validate(ppo.Config, {**base, "eval": {"every": 5}}, "t.yaml")
+    with pytest.raises(UserError, match="not both"):
+        validate(ppo.Config, {**base, "eval": {"every": 5, "prompts": "p.jsonl", "validation_fraction": 0.1}},
+                 "t.yaml")
+    held = validate(ppo.Config, {**base, "eval": {"every": 5, "validation_fraction": 0.25, "limit": 3}}, "t.yaml")
+    rows = list(range(20))
+    train, val = ppo.eval_split(held, None, rows)
+    assert len(val) == 3 and not set(val) & set(train) and len(train) == 15  # 5 held out, the first 3 evaluated
+    assert ppo.eval_split(held, None, rows) == (train, val)  # seeded by loop.seed
+    again = held.model_copy(update={"loop": held.loop.model_copy(update={"seed": 1})})
+    assert ppo.eval_split(again, None, rows)[1] != val
+    with pytest.raises(UserError, match="leave none to hold out"):
+        ppo.eval_split(held, None, [0])
     with pytest.raises(UserError, match="needs eval.function"):
         validate(ppo.Config, {**base, "eval": {"every": 5, "prompts": "p.jsonl", "keep_best": "eval_function"}},
                  "t.yaml")

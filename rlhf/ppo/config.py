@@ -119,6 +119,10 @@ class LoopSection(Section):
 class EvalSection(Section):
     every: int = Field(0, ge=0, description="evaluate every K iterations and after the last (0 = off)")
     prompts: str | None = Field(None, description="held-out prompt records (prompts.format/template apply)")
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=1, description="instead of eval.prompts: hold this seeded share (loop.seed) of the training "
+                                      "prompts out of training and evaluate on it, so that keep_best selects on a "
+                                      "validation split and the final held-out eval stays untouched")
     limit: int | None = Field(64, ge=1, description="evaluate on the first N held-out prompts")
     function: str | None = Field(
         None, description="extra score logged as eval_function, 'module:callable' like reward.function (e.g. the oracle)"
@@ -130,8 +134,10 @@ class EvalSection(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.every and not self.prompts:
-            raise ValueError("eval.every needs eval.prompts")
+        if self.prompts and self.validation_fraction:
+            raise ValueError("set one of eval.prompts and eval.validation_fraction, not both")
+        if self.every and not (self.prompts or self.validation_fraction):
+            raise ValueError("eval.every needs eval.prompts or eval.validation_fraction")
         if self.keep_best and not self.every:
             raise ValueError("eval.keep_best needs eval.every")
         if self.keep_best == "eval_function" and not self.function:
