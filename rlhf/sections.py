@@ -75,6 +75,18 @@ class ResourcesSection(Section):
     memory_check: bool = Field(True, description="on GPUs, refuse a plan `rlhf plan` says does not fit (false: go on anyway)")
     max_failures: int = Field(1, ge=0, description="times Ray Train restarts the workers after one dies or fails; "
                                                    "they resume from the newest checkpoint in OUT/checkpoints")
+    in_process: bool = Field(
+        False, description="run the one rank in this (driver) process, on its own devices, instead of a Ray Train "
+                           "worker: the same code and a one-rank process group, without Ray's start-up (quick tries, "
+                           "tests); needs num_workers=1, no address, and gets no restarts")
+
+    @model_validator(mode="after")
+    def _in_process_is_one_local_rank(self):
+        if self.in_process and self.num_workers != 1:
+            raise ValueError(f"resources.in_process runs one rank; num_workers={self.num_workers} needs Ray Train")
+        if self.in_process and self.address:
+            raise ValueError("resources.in_process runs in this process; it cannot join resources.address")
+        return self
 
 
 class SourceSection(Section):

@@ -77,6 +77,16 @@ def test_offload_rules():
         validate(sft_config(), {"data": {"path": "x"}, "deepspeed": {"zero_stage": 2, "offload_params": True}}, "cli")
 
 
+def test_in_process_is_one_rank_in_the_driver():
+    cfg = validate(sft_config(), {"data": {"path": "x"}, "resources": {"num_workers": 1, "in_process": True}}, "cli")
+    assert cfg.resources.in_process
+    with pytest.raises(UserError, match="num_workers=2 needs Ray Train"):
+        validate(sft_config(), {"data": {"path": "x"}, "resources": {"num_workers": 2, "in_process": True}}, "cli")
+    with pytest.raises(UserError, match="cannot join resources.address"):
+        validate(sft_config(), {"data": {"path": "x"}, "resources": {"num_workers": 1, "in_process": True,
+                                                                     "address": "auto"}}, "cli")
+
+
 def test_every_field_is_documented():
     for key, _, desc in describe_fields(sft_config()):
         assert desc, f"field {key} has no description"

@@ -191,11 +191,13 @@ def test_dpo_two_workers_zero2_kill_resume_reuses_the_reference_cache(tmp_path):
     assert list((out / "tensorboard").glob("events.*"))
     assert load_and_generate_plain(out / "model")
 
-    # reference.mode=live (a frozen copy scores each batch) sees the same first batch from the same weights; in this
-    # process (the module's Ray), since the CLI path was just run twice
+    # reference.mode=live (a frozen copy scores each batch) sees the same first batch from the same weights. It runs
+    # as one in-process rank accumulating the two workers' micro-batches (the same 8 rows, so the same first loss),
+    # since the 2-worker CLI path was just run twice
     live = tmp_path / "live"
     code = main(["stage", "dpo", "--config", TINY, "--out", str(live), "train.max_steps=1", "train.log_every=1",
-                 "train.eval_every=0", "train.checkpoint_every=0", "reference.mode=live"])
+                 "train.eval_every=0", "train.checkpoint_every=0", "reference.mode=live", "resources.num_workers=1",
+                 "resources.in_process=true", "deepspeed.gradient_accumulation_steps=2"])
     assert code == 0
     assert not (live / "reference_logps.pt").exists()
     first_loss = [r["loss"] for r in read_metrics(out) if "loss" in r][0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 
 import peft
 import pytest
@@ -69,28 +68,12 @@ def test_only_adapters_train(base_path):
 
 @pytest.fixture(scope="module")
 def process_group():
-    """A one-rank gloo group on loopback, the same kind Ray Train sets up for each worker."""
-    import os
+    """A one-rank gloo group on loopback, the same kind Ray Train sets up for each worker. 
+    One thread, like one worker with cpus_per_worker 1 (spinning OMP threads only contend)."""
+    from rlhf.engine.build import single_rank
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_WORLD_SIZE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like one Ray Train worker (cpus_per_worker: 1); spinning OMP threads only contend
-    yield
-    torch.set_num_threads(threads)
-    from rlhf.engine.build import shutdown_distributed
-
-    shutdown_distributed()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with single_rank(threads=1):
+        yield
 
 
 def run_loop(task, out, zero_stage: int, steps: int = 6) -> dict:

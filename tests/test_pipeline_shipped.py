@@ -1,6 +1,7 @@
 """The shipped tiny Alpaca, Vicuna and Koala pipelines run offline on CPU and leave an SFT model plain transformers loads.
 
-Slow (~1 min each): a collect stage, then a short SFT on one Ray Train worker.
+Slow: a collect stage, then a short SFT as one in-process rank (`resources.in_process`; the shipped pipelines use one
+Ray Train worker, the same train loop, which tests/test_sft.py runs under Ray).
 Run: unshare -n bash -c 'ip link set lo up; HF_HUB_OFFLINE=1 python -m pytest -q tests/test_pipeline_shipped.py'
 """
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("name", ["alpaca", "vicuna", "koala"])
 def test_tiny_pipeline_leaves_a_loadable_sft_model(name, tmp_path):
-    pipeline = load_pipeline(find_pipeline(name))
+    pipeline = load_pipeline(find_pipeline(name), ["sft.resources.in_process=true"])
     assert [s.stage for s in pipeline.spec.stages] == ["collect", "sft"]
     outcomes = run_pipeline(pipeline, tmp_path / name)
     assert [o.status for o in outcomes] == ["ran", "ran"]

@@ -4,12 +4,11 @@ is not applied at all (weights, optimizer, scheduler, step counters), whichever 
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
 
-from rlhf.engine.build import build_engine, init_distributed, shutdown_distributed
+from rlhf.engine.build import build_engine
 from rlhf.ppo.experience import Experience, build_rollout, response_logits, response_logprobs
 from rlhf.ppo.losses import policy_loss
 from rlhf.ppo.minibatch import micro_weights, run_update
@@ -21,27 +20,12 @@ pytestmark = needs_loopback()
 
 @pytest.fixture(scope="module")
 def process_group():
-    """A one-rank gloo group on loopback, the same kind each PPO role worker forms."""
-    import os
+    """A one-rank gloo group on loopback, the same kind each PPO role worker forms. 
+    One thread, like one worker with cpus_per_worker 1 (spinning OMP threads only contend)."""
+    from rlhf.engine.build import single_rank
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_WORLD_SIZE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    init_distributed()
-    yield
-    torch.set_num_threads(threads)
-    shutdown_distributed()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with single_rank(threads=1):
+        yield
 
 
 def experience(rows: int = 8) -> Experience:

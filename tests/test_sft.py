@@ -1,5 +1,5 @@
-"""SFT on the embedded tiny LLaMA with 2 Ray Train workers, real DeepSpeed ZeRO-2 and ZeRO-3, and a worker killed
-mid-stage. A killed driver resuming from its checkpoint on a rerun is the same mechanism for every supervised stage
+"""SFT on the embedded tiny LLaMA: 2 Ray Train workers with real DeepSpeed ZeRO-3, one in-process rank with ZeRO-2
+(fp32 and amp_bf16), and a worker killed mid-stage. A killed driver resuming from its checkpoint on a rerun is the same mechanism for every supervised stage
 (rlhf.engine.supervised); tests/test_dpo_stage.py runs it once, through the CLI."""
 
 from __future__ import annotations
@@ -27,11 +27,19 @@ def run_sft(out: Path, *overrides: str) -> dict:
     return sft.run(cfg, out)
 
 
-@pytest.mark.parametrize("zero_stage,precision", [(2, "auto"), (3, "auto"), (2, "amp_bf16")])
-def test_sft_two_workers_loss_falls_and_checkpoint_loads(tmp_path, zero_stage, precision):
-    out = tmp_path / f"sft-z{zero_stage}-{precision}"
+# Two Ray Train ranks once (ZeRO-3 partitions over them); the precision variants need no second rank, so they run
+# as the one in-process rank (resources.in_process), which is the same train loop without Ray's start-up.
+@pytest.mark.parametrize("zero_stage,precision,workers", [(3, "auto", 2), (2, "auto", 1), (2, "amp_bf16", 1)])
+def test_sft_loss_falls_and_checkpoint_loads(tmp_path, zero_stage, precision, workers):
+    out = tmp_path / f"sft-z{zero_stage}-{precision}-{workers}"
+    placement = [f"resources.num_workers={workers}"]
+    if workers == 1:
+        placement += ["resources.in_process=true", "resources.cpus_per_worker=2"]
     manifest = run_sft(out, f"deepspeed.zero_stage={zero_stage}", f"deepspeed.precision={precision}",
-                       "train.max_steps=16", "train.log_every=2", "train.eval_every=8", "train.checkpoint_every=0")
+                       "train.max_steps=16", "train.log_every=2", "train.eval_every=8", "train.checkpoint_every=0",
+                       *placement)
+    pids = {int(p.read_text()) for p in (out / "workers").glob("rank*.pid")}
+    assert len(pids) == workers and (pids == {os.getpid()}) == (workers == 1)  # in-process: this very process
     assert manifest["status"] == "complete"
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     m = manifest["metrics"]

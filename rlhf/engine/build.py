@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -63,6 +65,33 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     groups._WORLD_GROUP = None
+
+
+@contextmanager
+def single_rank(threads: int, backend: str | None = None):
+    """This process as rank 0 of a one-rank process group on loopback, with ``threads`` torch threads: what Ray Train
+    gives each worker (the rendezvous env, the group), for ``resources.in_process`` and tests. Leaves the group and
+    restores the env and thread count on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_WORLD_SIZE": "1", "OMP_NUM_THREADS": str(threads)}
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_threads = torch.get_num_threads()
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+    try:
+        init_distributed(backend)
+        yield
+    finally:
+        shutdown_distributed()
+        torch.set_num_threads(saved_threads)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def device() -> torch.device:

@@ -127,7 +127,10 @@ def run_workers(
     name: str,
     total_steps: int | None = None,
 ) -> None:
-    """Run ``fn(arg)`` on ``resources.num_workers`` Ray Train workers in one torch process group."""
+    """Run ``fn(arg)`` on ``resources.num_workers`` Ray Train workers in one torch process group (or, with
+    ``resources.in_process``, as the one rank of a group in this process)."""
+    if resources.in_process:
+        return run_in_process(fn, arg, resources, out, name, total_steps)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -158,3 +161,23 @@ def run_workers(
             if isinstance(cause, UserError):
                 raise UserError(str(cause)) from None
             raise RuntimeError(f"{name} failed on a worker: {type(cause).__name__}: {cause}") from err
+
+
+def run_in_process(fn: Callable[[Any], Any], arg: Any, resources: ResourcesSection, out: Path, name: str,
+                   total_steps: int | None = None) -> None:
+    """``fn(arg)`` as rank 0 of a one-rank group in this process: what one Ray Train worker runs, without Ray. Worth
+    it where Ray's start-up (a few seconds per stage) is most of the stage: quick tries, small runs, tests."""
+    import torch
+
+    from rlhf.engine.build import single_rank
+
+    use_gpu = torch.cuda.is_available() if resources.use_gpu == "auto" else bool(resources.use_gpu)
+    if use_gpu != torch.cuda.is_available():  # Ray hides or grants GPUs per worker; this process has what it has
+        raise UserError(f"resources.use_gpu={resources.use_gpu} with resources.in_process, but this process "
+                        f"{'sees' if torch.cuda.is_available() else 'has'} {'a' if torch.cuda.is_available() else 'no'} GPU")
+    threads = resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
+    pids = out.resolve() / "workers"
+    pids.mkdir(parents=True, exist_ok=True)
+    (pids / "rank0.pid").write_text(f"{os.getpid()}\n")
+    with Progress(out, total_steps, desc=name), single_rank(threads, resolve_backend(resources.backend, use_gpu, 1.0)):
+        fn(arg)
