@@ -1,11 +1,12 @@
 """Running real pipelines: skip when unchanged, rerun a changed stage and the ones after it, stop on a failure.
 
-Slow: every stage is a real DeepSpeed run on Ray Train workers (the Ray instance is shared across the file).
+Slow: every stage is a real DeepSpeed run, as one in-process rank (what is tested is the runner, not Ray Train).
 Run: unshare -n bash -c 'ip link set lo up; HF_HUB_OFFLINE=1 python -m pytest -q tests/test_pipeline_run.py'
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 # Short SFT stages: one worker, 2 optimizer steps on a few rows.
 SHORT = {"data": {"limit": 48, "max_length": 128, "eval_fraction": 0.1},
          "train": {"max_steps": 2, "log_every": 1, "eval_every": 0, "checkpoint_every": 0},
-         "resources": {"num_workers": 1}}
+         "resources": {"num_workers": 1, "in_process": True}}  # what is tested is the runner, not Ray Train
 
 
 def chain_pipeline(tmp_path: Path) -> Path:
@@ -57,6 +58,18 @@ def test_skip_rerun_from_and_failure(tmp_path):
     assert statuses(second) == {"a": "skipped", "b": "skipped", "c": "skipped"}
     assert stamps(out) == before  # manifests untouched
     assert sum("skipped (complete; config and inputs unchanged)" in line for line in lines) == 3
+
+    # The run directory copied elsewhere: every reference now points to a new path with the same content, so nothing
+    # reruns (what `rlhf study` relies on to share stages); a changed artifact there still reruns its readers.
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    assert statuses(run_pipeline(load_pipeline(path), moved, log=lines.append)) == {"a": "skipped", "b": "skipped",
+                                                                                    "c": "skipped"}
+    (moved / "b" / "model" / "config.json").write_text((moved / "b" / "model" / "config.json").read_text() + " ")
+    lines.clear()
+    assert statuses(run_pipeline(load_pipeline(path), moved, log=lines.append)) == {"a": "skipped", "b": "skipped",
+                                                                                    "c": "ran"}
+    assert any("c (sft): running (input changed: ${b.model})" in line for line in lines)
 
     lines.clear()
     third = run_pipeline(load_pipeline(path, ["b.optim.lr=3e-3"]), out, log=lines.append)

@@ -3,7 +3,9 @@
 A stage is skipped when its manifest says "complete", its resolved config (references replaced by paths) equals
 the manifest's "config", and its inputs have the same content hashes as when it ran: the artifacts its references
 point to (recorded in DIR/pipeline.json) and the inputs the stage itself listed in its manifest. So changing one
-key reruns that stage, and the stages after it rerun because the artifacts they read changed.
+key reruns that stage, and the stages after it rerun because the artifacts they read changed. A referenced
+artifact that moved with its content unchanged (stage directories copied with their pipeline.json records, as
+``rlhf study`` shares SFT, preferences and RM between methods) is not a change.
 
 A stage that failed or was killed (manifest "failed"/"running") with an unchanged config and inputs is rerun in
 place, so its training loop resumes from DIR/<stage>/checkpoints. A stage rerun for any other reason (changed
@@ -64,6 +66,15 @@ def flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(old: dict, new: dict) -> list[str]:
     a, b = flat(old), flat(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+
+def relocate(config: Any, moved: dict[str, str]) -> Any:
+    """``config`` with every string value that is a key of ``moved`` replaced by its value."""
+    if isinstance(config, dict):
+        return {k: relocate(v, moved) for k, v in config.items()}
+    if isinstance(config, list):
+        return [relocate(v, moved) for v in config]
+    return moved.get(config, config) if isinstance(config, str) else config
 
 
 def output_path(stage_dir: Path, name: str, key: str) -> str:
@@ -133,7 +144,10 @@ class PipelineRunner:
         recorded = self._state()["stages"].get(stage.name, {})
         if prev.get("stage") != stage.stage or recorded.get("stage", stage.stage) != stage.stage:
             return f"stage type changed to {stage.stage}", False
-        diff = changed_keys(prev.get("config", {}), as_json(cfg.model_dump(mode="json")))
+        # The artifact a reference names may have moved (a copied run directory, as `rlhf study` makes): its old path
+        # in the recorded config stands for the new one; whether its content changed is the hash check below.
+        moved = {old["path"]: refs[k]["path"] for k, old in recorded.get("refs", {}).items() if k in refs}
+        diff = changed_keys(relocate(prev.get("config", {}), moved), as_json(cfg.model_dump(mode="json")))
         if diff:
             return "config changed: " + ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else ""), False
         old_refs = {k: v.get("hash") for k, v in recorded.get("refs", {}).items()}

@@ -9,10 +9,10 @@ Per seed, into OUT/seed-<k>/ (each method its own pipeline directory, so every r
   grpo_oracle   ``grpo-verifiable`` (SFT -> GRPO against the oracle as a verifiable reward -> eval)
   bon4, bon16   the eval stage alone: the SFT policy, best of n by the RM at sampling time
 
-The shared stages are copied into each method's directory before it runs; the pipeline runner then skips the SFT
-stage as complete and unchanged, and reruns preference collection and the RM only because their configs name the
-copied paths (their outputs come out bit-identical: the same seed on the same machine is deterministic, checked by
-the content hashes the manifests record; ``study.json`` lists any that differ). Every method's stages get the
+The shared stages are copied into each method's directory before it runs, with their pipeline.json records; the
+pipeline runner then skips them as complete and unchanged (a copied artifact with the same content hash is not a
+change), so every method reads the very SFT model, pairs and RM of the PPO run. ``study.json`` lists any shared
+stage whose output hash differs from the PPO run's (a rerun: none is expected). Every method's stages get the
 seed: ``sft.train.seed``, ``prefs.preferences.seed`` and its judge's noise seed, ``rm.train.seed``,
 ``ppo/grpo.loop.seed``, ``dpo.train.seed``, and the eval's sampling and RM-pair seeds.
 
@@ -72,13 +72,27 @@ def run_method(method: Method, root: Path, seed: int, overrides: list[str], log:
     base = load_pipeline(find_pipeline(method.pipeline))
     mine = [o for o in overrides if o.split(".", 1)[0] in base.names()]
     pipeline = load_pipeline(find_pipeline(method.pipeline), seed_overrides(base.names(), seed) + mine)
-    for stage in method.shared:
-        src, dst = root / "ppo" / stage, out / stage
-        if src.is_dir() and not dst.exists():
-            shutil.copytree(src, dst)
+    share_stages(root / "ppo", out, method.shared)
     log(f"[rlhf] study seed {seed}: {method.label} ({method.pipeline}) -> {out}")
     run_pipeline(pipeline, out, log=log)
     return out
+
+
+def share_stages(src: Path, dst: Path, stages: tuple[str, ...]) -> None:
+    """Copy ``stages``' directories from the pipeline run in ``src`` into ``dst``, with their pipeline.json records
+    (the references they read and those artifacts' hashes), so that dst's runner skips them as unchanged."""
+    from rlhf.manifest import write_json_atomic
+    from rlhf.pipeline.runner import STATE_FILE
+
+    records = json.loads((src / STATE_FILE).read_text())["stages"] if (src / STATE_FILE).is_file() else {}
+    state = json.loads((dst / STATE_FILE).read_text()) if (dst / STATE_FILE).is_file() else {"stages": {}}
+    for stage in stages:
+        if (src / stage).is_dir() and not (dst / stage).exists():
+            shutil.copytree(src / stage, dst / stage)
+            if stage in records:
+                state["stages"][stage] = records[stage]
+    dst.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(dst / STATE_FILE, state)
 
 
 def run_best_of(method: Method, root: Path, log: Callable[[str], None]) -> Path:
