@@ -67,10 +67,13 @@ def test_critic_free_estimator_creates_and_places_no_critic():
 def test_grpo_raises_reward_kl_bounded_and_keeps_the_best_actor(tmp_path):
     out = tmp_path / "grpo"
     manifest = run_ppo(out, "algorithm.estimator=grpo", "algorithm.kl_in=loss", "algorithm.kl_estimator=k3",
-                       "eval.every=10", "eval.prompts=data/world/prompts_heldout.jsonl", "eval.limit=8",
-                       "eval.keep_best=eval_reward")
+                       "eval.every=10", "eval.validation_fraction=0.2", "eval.limit=8", "eval.keep_best=eval_reward")
     m = manifest["metrics"]
     assert manifest["status"] == "complete" and "critic" not in manifest["inputs"]
+    kept = sum(1 for line in open("data/instructions.jsonl") if line.strip())
+    kept -= manifest["data"]["dropped"].get("over_max_prompt_length", 0)
+    held = round(0.2 * kept)  # the validation split leaves training; the eval samples the first eval.limit of it
+    assert manifest["data"]["prompts"] == kept - held and manifest["data"]["eval_prompts"] == min(8, held)
     assert "critic" not in manifest["outputs"] and not (out / "critic").exists()
     assert m["reward_last"] > m["reward_first"] + 2.0, m  # count of "e" in 12 tokens starts near 3.5
     assert 0.0 < m["kl_last"] < KL_BOUND, m

@@ -23,12 +23,14 @@ def _eval(d: Path, policy: str, acc: float, sft: float, kl: float, fam: dict, wa
           f"kl_{policy}_vs_sft": kl, "oracle_accuracy_by_family": {policy: fam, "sft": {"max": 0.5, "sort": 0.5}},
           **extra}
     (d / "eval.json").write_text(json.dumps(ev))
-    (d / "manifest.json").write_text(json.dumps({"status": "complete", "wall_s": wall}))
+    (d / "manifest.json").write_text(json.dumps({"status": "complete", "wall_s": wall,
+                                                 "config": {"policy": str(d.parent / policy / "actor_best")}}))
 
 
 def _stage(d: Path, wall: float) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    (d / "manifest.json").write_text(json.dumps({"status": "complete", "wall_s": wall, "outputs": {}}))
+    (d / "manifest.json").write_text(json.dumps({"status": "complete", "wall_s": wall, "outputs": {},
+                                                 "metrics": {"best_iteration": 20}}))
 
 
 def test_study_aggregates_seeds_by_hand(tmp_path: Path):
@@ -48,6 +50,8 @@ def test_study_aggregates_seeds_by_hand(tmp_path: Path):
     assert ppo["kl_mean"] == pytest.approx(2.5) and ppo["wall_s_mean"] == pytest.approx(200.0)
     assert ppo["families_flagged"] == ["sort"] and ppo["family_change_mean"]["sort"] == pytest.approx(-0.1)
     assert ppo["rm_accuracy_clean_mean"] == pytest.approx(0.9)
+    assert ppo["per_seed"][1]["evaluated"] == "actor_best" and ppo["per_seed"][1]["best_iteration"] == 20
+    assert "evaluated" not in bon["per_seed"][0]  # best-of-n trains nothing
     # best-of-4 gains 0.1 and 0.3: mean 0.2, sd sqrt(0.02), t(1) = 12.706 -> half width 12.706 * 0.1
     assert bon["gain_mean"] == pytest.approx(0.2)
     assert bon["gain_ci95"] == pytest.approx([0.2 - 1.2706, 0.2 + 1.2706])

@@ -49,7 +49,13 @@ def read_seed(root: Path, method) -> dict:
             m = json.loads((stage / "manifest.json").read_text())
             walls[stage.name] = m.get("wall_s")
     own = {k: v for k, v in walls.items() if k not in method.shared and v is not None}
+    trained = {}
+    if method.trained:  # which actor the eval saw (the last, or actor_best chosen on a validation split), and when
+        policy = json.loads((eval_dir / "manifest.json").read_text())["config"]["policy"]
+        metrics = json.loads((root / method.name / method.trained / "manifest.json").read_text())["metrics"]
+        trained = {"evaluated": Path(policy).name, "best_iteration": metrics.get("best_iteration")}
     return {
+        **trained,
         "accuracy": acc[pol], "sft_accuracy": acc[base], "gain": acc[pol] - acc[base],
         "gain_stderr": math.sqrt(err[pol] ** 2 + err[base] ** 2),
         "win_rate": ev.get(f"win_rate_{pol}_vs_{base}"), "kl": ev.get(f"kl_{pol}_vs_{base}"),
@@ -121,11 +127,13 @@ def render(study: dict) -> str:
     for r in rows.values():
         lines.append(f"| {r['label']} | " + " | ".join(f"{v:+.3f}" for v in r["family_change_mean"].values()) + " |")
     lines += ["", "## Reward-KL frontier", "", "![frontier](study.png)", "", "## Per seed", "",
-              "| method | seed | SFT | method | gain | KL | win rate |", "|---|---|---|---|---|---|---|"]
+              "| method | seed | SFT | method | gain | KL | win rate | evaluated (best iteration) |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         for seed, s in r["per_seed"].items():
+            best = f" ({s['best_iteration']})" if s.get("best_iteration") is not None else ""
             lines.append(f"| {r['label']} | {seed} | {_f(s['sft_accuracy'])} | {_f(s['accuracy'])} | "
-                         f"{s['gain']:+.3f} | {_f(s['kl'], 2)} | {_f(s['win_rate'])} |")
+                         f"{s['gain']:+.3f} | {_f(s['kl'], 2)} | {_f(s['win_rate'])} | {s.get('evaluated', '-')}{best} |")
     if study.get("upstream_differs"):
         lines += ["", "Shared stages whose rerun differed from the PPO run's (content hash): "
                   + ", ".join(study["upstream_differs"])]
