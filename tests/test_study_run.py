@@ -28,7 +28,10 @@ METHODS = ["ppo", "dpo", "grpo", "grpo_oracle", "bon4"]
 
 def test_one_seed_study_every_method_beats_sft(tmp_path):
     shortened = yaml.safe_load(find_pipeline("rlhf-ci").read_text())["overrides"]
-    study = run_study([0], tmp_path, METHODS, shortened + ["grpo.loop.iterations=30"], log=print)
+    # One in-process rank for each single-worker stage: Ray Train's start-up adds nothing here (tests/test_sft.py,
+    # test_rm_stage.py and test_dpo_stage.py run the stages on Ray Train workers).
+    single = [f"{stage}.resources.in_process=true" for stage in ("sft", "rm", "dpo")]
+    study = run_study([0], tmp_path, METHODS, shortened + single + ["grpo.loop.iterations=30"], log=print)
     rows = study["methods"]
     print(json.dumps({name: {k: r[k] for k in ("sft_accuracy_mean", "accuracy_mean", "gain_mean", "win_rate_mean",
                                                 "kl_mean", "rm_accuracy_clean_mean", "wall_s_mean")}
