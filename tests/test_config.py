@@ -77,9 +77,17 @@ def test_offload_rules():
         validate(sft_config(), {"data": {"path": "x"}, "deepspeed": {"zero_stage": 2, "offload_params": True}}, "cli")
 
 
-def test_in_process_is_one_rank_in_the_driver():
+def test_in_process_is_one_rank_in_the_driver(tmp_path):
+    import torch
+
+    from rlhf.engine.launch import run_in_process
+
     cfg = validate(sft_config(), {"data": {"path": "x"}, "resources": {"num_workers": 1, "in_process": True}}, "cli")
     assert cfg.resources.in_process
+    if not torch.cuda.is_available():  # the driver's own devices: no GPU to grant, so use_gpu=true is refused
+        gpu = cfg.resources.model_copy(update={"use_gpu": True})
+        with pytest.raises(UserError, match="sees no GPU"):
+            run_in_process(print, None, gpu, tmp_path, "sft")
     with pytest.raises(UserError, match="num_workers=2 needs Ray Train"):
         validate(sft_config(), {"data": {"path": "x"}, "resources": {"num_workers": 2, "in_process": True}}, "cli")
     with pytest.raises(UserError, match="cannot join resources.address"):

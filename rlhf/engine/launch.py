@@ -172,9 +172,12 @@ def run_in_process(fn: Callable[[Any], Any], arg: Any, resources: ResourcesSecti
     from rlhf.engine.build import single_rank
 
     use_gpu = torch.cuda.is_available() if resources.use_gpu == "auto" else bool(resources.use_gpu)
-    if use_gpu != torch.cuda.is_available():  # Ray hides or grants GPUs per worker; this process has what it has
-        raise UserError(f"resources.use_gpu={resources.use_gpu} with resources.in_process, but this process "
-                        f"{'sees' if torch.cuda.is_available() else 'has'} {'a' if torch.cuda.is_available() else 'no'} GPU")
+    # Ray hides or grants GPUs per worker; this process has what it has.
+    if use_gpu and not torch.cuda.is_available():
+        raise UserError("resources.use_gpu=true with resources.in_process, but this process sees no GPU")
+    if not use_gpu and torch.cuda.is_available():
+        raise UserError("resources.use_gpu=false with resources.in_process, but this process sees a GPU; "
+                        "use a Ray Train worker (in_process=false) to train on the CPU")
     threads = resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
     pids = out.resolve() / "workers"
     pids.mkdir(parents=True, exist_ok=True)
