@@ -167,3 +167,15 @@ def test_nonfinite_update_is_not_applied(process_group, zero_stage, micro, nan_c
     fresh = engine_for(micro=micro or 4, accumulation=accumulation, zero_stage=zero_stage)
     run_update(fresh, exp, epochs=1, size=4, seed=1, loss_fn=loss_fn, device=torch.device("cpu"), micro=micro)
     assert_close(weights(fresh), weights(engine), atol=0)
+
+
+def test_single_rank_refuses_a_process_that_already_has_a_group(process_group):
+    import torch.distributed as dist
+
+    from rlhf.engine.build import single_rank
+    from rlhf.errors import UserError
+
+    with pytest.raises(UserError, match="already has one"):
+        with single_rank(threads=1):
+            pass
+    assert dist.is_initialized()  # the fixture's group is left as it was

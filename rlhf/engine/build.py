@@ -72,6 +72,12 @@ def single_rank(threads: int, backend: str | None = None):
     """This process as rank 0 of a one-rank process group on loopback, with ``threads`` torch threads: what Ray Train
     gives each worker (the rendezvous env, the group), for ``resources.in_process`` and tests. Leaves the group and
     restores the env and thread count on exit."""
+    import torch.distributed as dist
+
+    from rlhf.errors import UserError
+
+    if dist.is_available() and dist.is_initialized():  # joining would be skipped, and leaving would end the caller's
+        raise UserError("one in-process rank needs a process without a process group; this one already has one")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
