@@ -59,11 +59,19 @@ def _entry(config: dict) -> None:
     threads = int(config["threads"])
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-    # Which process is which rank, for an operator (py-spy, kill): OUT/workers/rank<R>.pid, rewritten on a restart.
-    pids = Path(config["out"]) / "workers"
-    pids.mkdir(parents=True, exist_ok=True)
-    (pids / f"rank{ray.train.get_context().get_world_rank()}.pid").write_text(f"{os.getpid()}\n")
+    record_pid(Path(config["out"]), ray.train.get_context().get_world_rank())
     config["fn"](config["arg"])
+
+
+def record_pid(out: Path, rank: int) -> None:
+    """Which process is which rank, for an operator (py-spy, kill): OUT/workers/rank<R>.pid, rewritten on a restart."""
+    pids = out / "workers"
+    pids.mkdir(parents=True, exist_ok=True)
+    (pids / f"rank{rank}.pid").write_text(f"{os.getpid()}\n")
+
+
+def worker_threads(resources: ResourcesSection) -> int:
+    return resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
 
 
 class Progress:
@@ -136,7 +144,7 @@ def run_workers(
 
     ensure_ray(resources.address)
     use_gpu = cluster_has_gpus() if resources.use_gpu == "auto" else bool(resources.use_gpu)
-    threads = resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
+    threads = worker_threads(resources)
     trainer = TorchTrainer(
         _entry,
         train_loop_config={"fn": fn, "arg": arg, "threads": threads, "out": str(out.resolve())},
@@ -178,9 +186,7 @@ def run_in_process(fn: Callable[[Any], Any], arg: Any, resources: ResourcesSecti
     if not use_gpu and torch.cuda.is_available():
         raise UserError("resources.use_gpu=false with resources.in_process, but this process sees a GPU; "
                         "use a Ray Train worker (in_process=false) to train on the CPU")
-    threads = resources.threads_per_worker or max(1, int(resources.cpus_per_worker))
-    pids = out.resolve() / "workers"
-    pids.mkdir(parents=True, exist_ok=True)
-    (pids / "rank0.pid").write_text(f"{os.getpid()}\n")
-    with Progress(out, total_steps, desc=name), single_rank(threads, resolve_backend(resources.backend, use_gpu, 1.0)):
+    record_pid(out.resolve(), 0)
+    backend = resolve_backend(resources.backend, use_gpu, 1.0)
+    with Progress(out, total_steps, desc=name), single_rank(worker_threads(resources), backend):
         fn(arg)
