@@ -48,7 +48,10 @@ def test_reward_rises_with_kl_bounded_and_actor_loads(tmp_path):
     for key in ("reward_std", "kl", "entropy", "policy_loss", "value_loss", "clipfrac", "approx_kl",
                 "response_length", *TIME_KEYS):
         assert all(key in r for r in rows), key
-    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from the reference weights
+    # The first rollout comes from the reference weights. Its old log-probs are the sampler's (rollout.old_logprobs
+    # auto, fp32) and the reference's a full forward: position by position they agree.
+    assert all(r["old_logprobs_sampled"] == 1.0 for r in rows)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "critic" / "config.json").is_file()
     assert "GENERATED" in load_and_generate_plain(out / "actor")
@@ -145,11 +148,12 @@ def test_reward_model_two_actor_workers_zero2_colocated(tmp_path):
         out, "reward.function=null", "reward.kwargs={}", f"reward.model={rm}", "loop.iterations=3",
         "deepspeed.zero_stage=2", "resources.actor_workers=2", "resources.ref_workers=2",
         "resources.colocate_actor_ref=true", "resources.colocate_critic_reward=true", "resources.cpus_per_bundle=0.5",
+        "rollout.old_logprobs=recompute",  # the actor workers' forward, sharded (the default in bf16)
     )
     assert manifest["status"] == "complete"
     assert manifest["inputs"]["critic"]["path"] == str(rm)  # critic initialised from the RM
     rows = good_rows(out)
-    assert len(rows) == 3 and all(r["reward_std"] > 0 for r in rows)
+    assert len(rows) == 3 and all(r["reward_std"] > 0 and r["old_logprobs_sampled"] == 0.0 for r in rows)
     assert "GENERATED" in load_and_generate_plain(out / "actor")
     from rlhf.reward.model import RewardScorer
 

@@ -57,17 +57,20 @@ def test_static_engine_greedy_tokens_equal_eager(tiny):
 
 @pytest.mark.parametrize("section", [EAGER, STATIC], ids=["eager", "static"])
 def test_trainer_logprobs_match_the_samplers(tiny, section):
-    """PPO's experience recomputes log pi(y_t) under logits / T with its own forward: equal to 1e-4 in fp32."""
+    """PPO's experience recomputes log pi(y_t) and the entropy under logits / T with its own forward: equal to 1e-4
+    in fp32, which is what lets ``rollout.old_logprobs: auto`` take the sampler's in fp32."""
     from rlhf.ppo.experience import batched_logprobs, build_rollout
 
     model, tok = tiny
     prompts = ragged(tok)
     out = generate(model, prompts, SAMPLED, tok.eos_token_id, tok.pad_token_id, section, seed=3)
     rollout = build_rollout(prompts, out.tokens, tok.eos_token_id, tok.pad_token_id)
-    logp, _ = batched_logprobs(model, rollout, SAMPLED.temperature, batch_size=4)
-    for i, row in enumerate(out.logprobs):
-        assert len(row) == len(out.tokens[i]) == int(rollout.response_mask[i].sum())
+    logp, entropy = batched_logprobs(model, rollout, SAMPLED.temperature, batch_size=4, with_entropy=True)
+    for i, (row, ent) in enumerate(zip(out.logprobs, out.entropy)):
+        assert len(row) == len(ent) == len(out.tokens[i]) == int(rollout.response_mask[i].sum())
         assert torch.allclose(logp[i, :len(row)], torch.tensor(row), atol=1e-4), i
+        assert torch.allclose(entropy[i, :len(ent)], torch.tensor(ent), atol=1e-4), i
+    assert min(min(e) for e in out.entropy) > 0.1  # a tiny random model is far from deterministic
 
 
 @pytest.mark.parametrize("section", [EAGER, STATIC], ids=["eager", "static"])

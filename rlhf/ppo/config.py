@@ -76,6 +76,12 @@ class RolloutSection(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     forward_batch_size: int = Field(16, ge=1, description="sequences per forward pass when scoring experience")
+    old_logprobs: Literal["auto", "sampler", "recompute"] = Field(
+        "auto", description="where PPO's old log-probs (and the entropy stat) come from: sampler (what the sampler "
+        "computed for each token it drew, from the same weights and tempered distribution: one actor forward per "
+        "iteration saved), recompute (an actor forward over the rollout, as TRL and OpenRLHF do); auto = sampler "
+        "when the actor runs in fp32, where the decode step and the full forward agree to ~1e-6, recompute in "
+        "bf16/fp16/amp, where they differ by rounding. A batch with prompts cut to the context is always recomputed")
     generation: GenerationSection = Field(default_factory=GenerationSection,
                                           description="sampling engine and token budget (rlhf.sampling)")
 

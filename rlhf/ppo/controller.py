@@ -109,18 +109,17 @@ class Controller:
         # offload_while_generating: the trained roles' optimizer states sleep in host memory during generation.
         sleep = cfg.resources.offload_while_generating
         offload_s = max(gather([r for _, g in roles.trained() for r in g.submit("offload_states")])) if sleep else 0.0
-        rollout, sync_s, truncated = generate(roles, batch, self.seed(it), self.eos_id, self.pad_id)
+        rollout, sync_s, truncated, sampled = generate(roles, batch, self.seed(it), self.eos_id, self.pad_id)
         if sleep:
             offload_s += max(gather([r for _, g in roles.trained() for r in g.submit("reload_states")]))
         t1 = time.perf_counter()
 
-        refs = [roles.actor.submit_sharded("logprobs", rollout), ref_logprob_refs(roles, rollout),
+        refs = [actor_logprob_refs(roles, rollout, sampled), ref_logprob_refs(roles, rollout),
                 score_refs(roles, rollout, batch)]
         if roles.critic is not None:
             refs.append(roles.critic.submit_sharded("values", rollout))
         actor_out, ref_out, scores_out, *values_out = (gather(r) for r in refs)
-        old_logp = torch.cat([lp for lp, _ in actor_out])
-        entropy = torch.cat([e for _, e in actor_out])
+        old_logp, entropy = actor_logprobs(actor_out, sampled)
         scores, parts = merge_scores(scores_out)
         values = torch.cat(values_out[0]) if values_out else None
         t2 = time.perf_counter()
@@ -147,6 +146,7 @@ class Controller:
             "entropy": masked_mean(entropy, rollout.response_mask).item(),
             **{k: v for r in results.values() for k, v in r.items() if k != "loss"},
             "prompts_truncated": truncated,
+            "old_logprobs_sampled": float(sampled is not None),  # 1: the sampler's stood for the recompute
             "time_generation_s": t1 - t0 - sync_s - offload_s,
             "time_weight_sync_s": sync_s,
             **({"time_state_offload_s": offload_s} if sleep else {}),
@@ -222,14 +222,39 @@ class Controller:
 
 
 def generate(roles: Roles, batch: list[Prompt], seed: int, eos_id: int,
-             pad_id: int) -> tuple[Rollout, float, int]:
+             pad_id: int) -> tuple[Rollout, float, int, tuple[torch.Tensor, torch.Tensor] | None]:
     """(the rollout of one response per row of ``batch``, the slowest worker's weight-sync seconds, how many prompts
-    the actors cut to their model's context)."""
+    the actors cut to their model's context, the sampler's (log-probs, entropy) [B, R] when every worker kept them
+    as old log-probs (``rollout.old_logprobs``), else None)."""
     outs = gather(roles.actor.submit_sharded("generate", [p.ids for p in batch], seed))
-    responses = [r for rs, _ in outs for r in rs]
-    truncated = int(sum(t.get("prompts_truncated", 0) for _, t in outs))
-    return (build_rollout([p.ids for p in batch], responses, eos_id, pad_id), max(t["sync_s"] for _, t in outs),
-            truncated)
+    responses = [r for rs, _, _ in outs for r in rs]
+    truncated = int(sum(t.get("prompts_truncated", 0) for _, _, t in outs))
+    rollout = build_rollout([p.ids for p in batch], responses, eos_id, pad_id)
+    sampled = None
+    if all(s is not None for _, s, _ in outs):
+        sampled = tuple(padded([row for _, s, _ in outs for row in s[key]], rollout.response_width)
+                        for key in ("logprobs", "entropy"))
+    return rollout, max(t["sync_s"] for _, _, t in outs), truncated, sampled
+
+
+def padded(rows: list[list[float]], width: int) -> torch.Tensor:
+    """Ragged per-token values -> [B, width] float32, zeros after each row's end (the rollout's response layout)."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
+
+
+def actor_logprob_refs(roles: Roles, rollout: Rollout, sampled: tuple[torch.Tensor, torch.Tensor] | None) -> list:
+    """Refs of the actor workers' recomputed (log-probs, entropy); none when the sampler's stand for them."""
+    return [] if sampled is not None else roles.actor.submit_sharded("logprobs", rollout)
+
+
+def actor_logprobs(outs: list, sampled: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor's old log-probs and entropy [B, R]: the sampler's, or the gathered ``actor_logprob_refs``."""
+    if sampled is not None:
+        return sampled
+    return torch.cat([lp for lp, _ in outs]), torch.cat([e for _, e in outs])
 
 
 def ref_logprob_refs(roles: Roles, rollout: Rollout) -> list:

@@ -76,14 +76,15 @@ class Evaluator:
 
     def run(self, iteration: int) -> dict[str, float]:
         """Sample and score the held-out prompts; save OUT/actor_best on a new best. Returns the eval_* metrics."""
-        from rlhf.ppo.controller import gather, generate, merge_scores, ref_logprob_refs, score_refs
+        from rlhf.ppo.controller import (actor_logprob_refs, actor_logprobs, gather, generate, merge_scores,
+                                         ref_logprob_refs, score_refs)
 
         roles = self.roles
-        rollout, _, _ = generate(roles, self.prompts, self.seed, self.eos_id, self.pad_id)
-        refs = [roles.actor.submit_sharded("logprobs", rollout), ref_logprob_refs(roles, rollout),
+        rollout, _, _, sampled = generate(roles, self.prompts, self.seed, self.eos_id, self.pad_id)
+        refs = [actor_logprob_refs(roles, rollout, sampled), ref_logprob_refs(roles, rollout),
                 score_refs(roles, rollout, self.prompts, with_eval=True)]
         actor_out, ref_out, scores_out = (gather(r) for r in refs)
-        logp, ref_logp = torch.cat([lp for lp, _ in actor_out]), torch.cat(ref_out)
+        (logp, _), ref_logp = actor_logprobs(actor_out, sampled), torch.cat(ref_out)
         scores, parts = merge_scores(scores_out)
         mask = rollout.response_mask
         row = {

@@ -18,7 +18,7 @@ import torch
 from rlhf.engine import checkpoint as ckpt
 from rlhf.engine import collectives, snapshot
 from rlhf.engine.build import build_engine, device, init_distributed, zero3_config
-from rlhf.engine.deepspeed_config import inference_precision
+from rlhf.engine.deepspeed_config import inference_precision, resolve_precision
 from rlhf.ppo.config import AlgorithmSection, RewardSection, RolloutSection
 from rlhf.ppo.experience import (Experience, Rollout, batched_logprobs, batched_values, map_tensors,
                                  response_logits, response_logprobs, response_token_values)
@@ -210,10 +210,22 @@ class ActorWorker(TrainedRole):
         self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
         self.build(model)
 
-    def generate(self, prompts: list[list[int]], seed: int) -> tuple[list[list[int]], dict[str, float]]:
+    def generate(self, prompts: list[list[int]], seed: int) -> tuple[list[list[int]], dict | None, dict[str, float]]:
+        """(responses, {"logprobs", "entropy"} per response token when they may stand for the old log-probs (see
+        ``rollout.old_logprobs``) else None, timings)."""
         from rlhf.ppo.rollout import generate
 
-        return generate(self.engine, prompts, self.spec.rollout, self.eos_id, self.pad_id, seed + self.rank)
+        out, timings = generate(self.engine, prompts, self.spec.rollout, self.eos_id, self.pad_id, seed + self.rank)
+        keep = self.sampler_logprobs() and not out.truncated  # a cut prompt: the rollout holds the whole prompt
+        return out.tokens, ({"logprobs": out.logprobs, "entropy": out.entropy} if keep else None), timings
+
+    def sampler_logprobs(self) -> bool:
+        """Whether the sampler's log-probs are the old log-probs: ``rollout.old_logprobs``, auto = the actor in fp32
+        (bf16 rounding makes a KV-cached decode step and a full forward differ; fp32 agrees to ~1e-6)."""
+        mode = self.spec.rollout.old_logprobs
+        if mode == "auto":
+            return resolve_precision(self.spec.deepspeed, self.dev.type == "cuda") == "fp32"
+        return mode == "sampler"
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:

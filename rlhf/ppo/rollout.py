@@ -47,10 +47,11 @@ def sampling_params(rollout: RolloutSection) -> SamplingParams:
 
 
 def generate(engine, prompts: list[list[int]], rollout: RolloutSection, eos_id: int, pad_id: int,
-             seed: int) -> tuple[list[list[int]], dict[str, float]]:
+             seed: int):
     """One response per prompt (KV cache, stop at EOS, each cut after its first EOS).
 
-    Returns (responses, {"generation_s", "sync_s", "prompts_truncated"}). ``seed`` fixes the sampling RNG for
+    Returns (completions, {"generation_s", "sync_s", "prompts_truncated"}): the ``rlhf.sampling.Completions``
+    (tokens, and per token the log-prob and entropy under logits / temperature). ``seed`` fixes the sampling RNG for
     this call. Batches follow ``rollout.generation`` (token budget); a prompt longer than the model's context minus
     ``max_new_tokens`` keeps its tail and is counted.
     """
@@ -61,4 +62,4 @@ def generate(engine, prompts: list[list[int]], rollout: RolloutSection, eos_id: 
                                  max_rows=max(len(prompts), 1), seed=seed)
         timings["generation_s"] = time.perf_counter() - start
         timings["prompts_truncated"] = float(out.truncated)
-    return out.tokens, timings
+    return out, timings

@@ -2,7 +2,7 @@
 
 :func:`generate` bounds prompts by the model's context, plans token-budgeted batches, runs them on the configured
 engine (:mod:`rlhf.sampling.engines`: eager HF ``generate`` or the static-cache compiled decode loop) and returns
-each response cut after its first EOS with its per-token log-probs.
+each response cut after its first EOS with its per-token log-probs and entropies.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = ["Completions", "GenerationSection", "SamplingParams", "cut_at_eos", "
 class Completions:
     tokens: list[list[int]]  # [N] response ids per prompt, cut after the first EOS (kept when produced)
     logprobs: list[list[float]]  # [N] per token of ``tokens``: log pi(y_t | x, y_<t) under logits / temperature
+    entropy: list[list[float]]  # [N] per token of ``tokens``: entropy of pi(. | x, y_<t) under logits / temperature
     engine: str
     truncated: int = 0  # prompts cut to fit the model's context (tail kept)
     batches: int = 0
@@ -60,21 +61,23 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], params: SamplingP
                            lambda rows, width: engine.shape(rows, width, max_rows))
     tokens: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
+    entropy: list[list[float]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
             ids, mask = left_pad([bounded[i] for i in batch.index], pad_id, batch.width, batch.rows)
-            new, logp = engine.run(ids.to(device), mask.to(device), params, eos_id, pad_id)
+            new, logp, ent = engine.run(ids.to(device), mask.to(device), params, eos_id, pad_id)
             new, keep = cut_at_eos(new, eos_id, pad_id)
             for row, i in enumerate(batch.index):
                 n = int(keep[row].sum())
                 tokens[i] = new[row, :n].tolist()
                 logprobs[i] = logp[row, :n].float().tolist()
+                entropy[i] = ent[row, :n].float().tolist()
     finally:
         if was_training:
             model.train()
-    return Completions(tokens, logprobs, name, truncated, len(batches), time.perf_counter() - start)
+    return Completions(tokens, logprobs, entropy, name, truncated, len(batches), time.perf_counter() - start)
 
 
 def sample(model: torch.nn.Module, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,

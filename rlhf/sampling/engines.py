@@ -24,20 +24,27 @@ import torch
 from rlhf.sampling.config import SamplingParams
 
 
-def choose(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [B, V] -> (token [B], log pi(token) [B]) under ``logits / temperature`` (greedy: plain logits).
+def choose(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits [B, V] -> (token [B], log pi(token) [B], entropy of pi [B]) under ``logits / temperature`` (greedy:
+    plain logits).
 
     Sampling keeps the smallest set of tokens whose probability reaches ``top_p`` (HF's ``TopPLogitsWarper``), but
-    the returned log-prob is over the full tempered distribution, the one PPO's trainer recomputes.
+    the returned log-prob and entropy are of the full tempered distribution, the ones PPO's trainer recomputes.
     """
     logits = logits.float()
     if params.greedy:
+        logp = torch.log_softmax(logits, dim=-1)
         token = logits.argmax(dim=-1)
-        return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
-    scaled = logits / params.temperature
-    logp = torch.log_softmax(scaled, dim=-1)
-    token = torch.multinomial(top_p_filter(scaled, params.top_p).softmax(dim=-1), 1)[:, 0]
-    return token, logp.gather(-1, token[:, None])[:, 0]
+    else:
+        scaled = logits / params.temperature
+        logp = torch.log_softmax(scaled, dim=-1)
+        token = torch.multinomial(top_p_filter(scaled, params.top_p).softmax(dim=-1), 1)[:, 0]
+    return token, logp.gather(-1, token[:, None])[:, 0], entropy_of(logp)
+
+
+def entropy_of(logp: torch.Tensor) -> torch.Tensor:
+    """[..., V] log-probabilities -> [...] entropy -sum p log p (0 * log 0 = 0 for masked-out tokens)."""
+    return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(dim=-1)
 
 
 def top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -53,15 +60,16 @@ def top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
 
 class _ChooseProcessor:
     """A logits processor for HF ``generate`` that applies :func:`choose`'s temperature and top-p and records the
-    chosen token's log-prob: at step t it keeps log-softmax [B, V]; at step t+1 (or after the loop) it reads the
-    token picked from it. Memory stays [B, V] plus [B, R], unlike ``output_logits``."""
+    chosen token's log-prob and the distribution's entropy: at step t it keeps log-softmax [B, V]; at step t+1 (or
+    after the loop) it reads the token picked from it. Memory stays [B, V] plus [B, R], unlike ``output_logits``."""
 
     def __init__(self, params: SamplingParams) -> None:
-        self.params, self.pending, self.logprobs = params, None, []
+        self.params, self.pending, self.logprobs, self.entropy = params, None, [], []
 
     def settle(self, chosen: torch.Tensor) -> None:
         if self.pending is not None:
             self.logprobs.append(self.pending.gather(-1, chosen[:, None])[:, 0])
+            self.entropy.append(entropy_of(self.pending))
             self.pending = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -85,8 +93,9 @@ class EagerEngine:
         return rows, width
 
     def run(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams, eos_id: int,
-            pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts [B, P] -> (new tokens [B, R], their log-probs [B, R]); R <= max_new_tokens."""
+            pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded prompts [B, P] -> (new tokens [B, R], their log-probs [B, R], entropy [B, R]);
+        R <= max_new_tokens."""
         from transformers import LogitsProcessorList
 
         chooser = _ChooseProcessor(params)
@@ -99,7 +108,7 @@ class EagerEngine:
                                    logits_processor=LogitsProcessorList([chooser]), **sampling)
         new = seqs[:, ids.shape[1]:]
         chooser.settle(new[:, -1])
-        return new, torch.stack(chooser.logprobs, dim=1)
+        return new, torch.stack(chooser.logprobs, dim=1), torch.stack(chooser.entropy, dim=1)
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
@@ -156,8 +165,9 @@ class StaticEngine:
         return cache
 
     def run(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams, eos_id: int,
-            pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts [B, P] -> (new tokens [B, R], their log-probs [B, R]); R <= max_new_tokens.
+            pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded prompts [B, P] -> (new tokens [B, R], their log-probs [B, R], entropy [B, R]);
+        R <= max_new_tokens.
 
         Cache slots 0..P-1 hold the padded prompt, slot P+t the t-th new token; a row's position ids count only
         its real tokens, as HF ``generate`` does for left padding. Rows stop at EOS (pad after); the loop ends
@@ -175,12 +185,13 @@ class StaticEngine:
         next_position = mask.sum(dim=1, keepdim=True)  # [B, 1]
         tokens = torch.full((rows, new_tokens), pad_id, dtype=torch.long, device=ids.device)
         logprobs = torch.zeros((rows, new_tokens), dtype=torch.float32, device=ids.device)
+        entropy = torch.zeros_like(logprobs)
         done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
         steps = new_tokens
         for t in range(new_tokens):
-            token, logp = choose(logits, params)
+            token, logp, ent = choose(logits, params)
             token = token.masked_fill(done, pad_id)
-            tokens[:, t], logprobs[:, t] = token, logp
+            tokens[:, t], logprobs[:, t], entropy[:, t] = token, logp, ent
             done |= token == eos_id
             if t == new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
                 steps = t + 1
@@ -189,7 +200,7 @@ class StaticEngine:
             if hasattr(torch.compiler, "cudagraph_mark_step_begin"):
                 torch.compiler.cudagraph_mark_step_begin()
             logits = self.step(token[:, None], next_position + t, full_mask, cache)
-        return tokens[:, :steps], logprobs[:, :steps]
+        return tokens[:, :steps], logprobs[:, :steps], entropy[:, :steps]
 
 
 def engine_for(model: torch.nn.Module, name: str, compile: bool = True, backend: str = "inductor"):
