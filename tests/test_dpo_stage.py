@@ -159,8 +159,10 @@ def wait_for(cond, timeout: float, what: str) -> None:
 @pytest.mark.slow
 def test_dpo_two_workers_zero2_kill_resume_reuses_the_reference_cache(tmp_path):
     out = tmp_path / "dpo"
+    # 320 pairs (240 train, 80 eval): the 16 steps read 128, and each run's reference pass covers all of them.
+    data = ["data.limit=320", "data.eval_fraction=0.25"]
     cmd = [sys.executable, "-m", "rlhf.cli", "stage", "dpo", "--config", TINY, "--out", str(out),
-           "train.max_steps=16", "train.checkpoint_every=4", "train.log_every=1", "train.eval_every=0"]
+           "train.max_steps=16", "train.checkpoint_every=4", "train.log_every=1", "train.eval_every=0", *data]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -197,7 +199,7 @@ def test_dpo_two_workers_zero2_kill_resume_reuses_the_reference_cache(tmp_path):
     live = tmp_path / "live"
     code = main(["stage", "dpo", "--config", TINY, "--out", str(live), "train.max_steps=1", "train.log_every=1",
                  "train.eval_every=0", "train.checkpoint_every=0", "reference.mode=live", "resources.num_workers=1",
-                 "resources.in_process=true", "deepspeed.gradient_accumulation_steps=2"])
+                 "resources.in_process=true", "deepspeed.gradient_accumulation_steps=2", *data])
     assert code == 0
     assert not (live / "reference_logps.pt").exists()
     first_loss = [r["loss"] for r in read_metrics(out) if "loss" in r][0]

@@ -172,22 +172,15 @@ def test_a_role_that_fails_to_start_releases_every_reservation(tmp_path):
 
 def test_colocate_all_with_states_asleep_while_generating_matches_awake(tmp_path):
     """All four roles on one bundle; the actor's and critic's optimizer states and gradients leave for the host while
-    the actor generates and come back: the run is the same, step for step, as one that keeps them. And the same
-    config and seed run twice on one machine is bit-identical (the README's reproducibility statement): the
-    trained actor's content hash and every logged number are equal."""
+    the actor generates and come back: the run is bit-identical, step for step and in the trained actor's content
+    hash, to one that keeps them. Any nondeterminism in a run (threads, sampling, reductions) would break that
+    equality too, so it is also the README's reproducibility statement: one config and seed on one machine gives
+    the same numbers twice."""
     common = ("loop.iterations=2", "resources.colocate_all=true", "resources.cpus_per_bundle=1")
-    first = run_ppo(tmp_path / "awake", *common)
-    again = run_ppo(tmp_path / "again", *common)
-    assert first["outputs"]["actor"]["hash"] == again["outputs"]["actor"]["hash"]
-    assert [{k: v for k, v in r.items() if not k.startswith("time")}
-            for r in good_rows(tmp_path / "awake")] == \
-        [{k: v for k, v in r.items() if not k.startswith("time")}
-         for r in good_rows(tmp_path / "again")]
-    run_ppo(tmp_path / "asleep", *common, "resources.offload_while_generating=true")
-    awake, asleep = good_rows(tmp_path / "awake"), good_rows(tmp_path / "asleep")
-    assert len(awake) == len(asleep) == 2
-    assert all(r["time_state_offload_s"] >= 0 for r in asleep)
-    for a, b in zip(awake, asleep):
-        for key in ("reward_mean", "kl", "policy_loss", "value_loss"):
-            if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    awake = run_ppo(tmp_path / "awake", *common)
+    asleep = run_ppo(tmp_path / "asleep", *common, "resources.offload_while_generating=true")
+    assert awake["outputs"]["actor"]["hash"] == asleep["outputs"]["actor"]["hash"]
+    rows = {name: good_rows(tmp_path / name) for name in ("awake", "asleep")}
+    assert len(rows["awake"]) == 2 and all(r["time_state_offload_s"] >= 0 for r in rows["asleep"])
+    assert [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows["awake"]] == \
+        [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows["asleep"]]

@@ -35,8 +35,10 @@ def test_sft_loss_falls_and_checkpoint_loads(tmp_path, zero_stage, precision, wo
     placement = [f"resources.num_workers={workers}"]
     if workers == 1:
         placement += ["resources.in_process=true", "resources.cpus_per_worker=2"]
+    # bf16 autocast on a CPU without bf16 matrix units is several times slower than fp32: half the steps.
+    steps = 8 if precision == "amp_bf16" else 16
     manifest = run_sft(out, f"deepspeed.zero_stage={zero_stage}", f"deepspeed.precision={precision}",
-                       "train.max_steps=16", "train.log_every=2", "train.eval_every=8", "train.checkpoint_every=0",
+                       f"train.max_steps={steps}", "train.log_every=2", "train.eval_every=8", "train.checkpoint_every=0",
                        *placement)
     pids = {int(p.read_text()) for p in (out / "workers").glob("rank*.pid")}
     assert len(pids) == workers and (pids == {os.getpid()}) == (workers == 1)  # in-process: this very process
@@ -46,7 +48,7 @@ def test_sft_loss_falls_and_checkpoint_loads(tmp_path, zero_stage, precision, wo
     assert m["train_loss_last"] < m["train_loss_first"], m
     assert m["eval_loss"] is not None and m["tokens_per_s"] > 0
     rows = read_metrics(out)
-    assert [r["step"] for r in rows if "loss" in r] == list(range(2, 17, 2))
+    assert [r["step"] for r in rows if "loss" in r] == list(range(2, steps + 1, 2))
     assert any("eval_loss" in r for r in rows)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert manifest["config"]["deepspeed"]["zero_stage"] == zero_stage

@@ -3,7 +3,7 @@ same SFT model and the same preference pairs, so a change that breaks learning a
 DPO, GRPO (RM or oracle reward) or best-of-n fails here. It is issue 17's CI variant and the default pipeline's test.
 
 Slow (a few minutes on an idle 2-core machine; fixed seed). The shortening is configs/pipelines/rlhf-ci.yaml's
-overrides (fewer SFT steps, pairs, PPO iterations and eval prompts) and 30 GRPO iterations. Asserts directions, not
+overrides (fewer SFT steps, pairs, PPO iterations and eval prompts) and 20 GRPO iterations. Asserts directions, not
 the full-size targets (those come from `rlhf study --seeds 0,1,2`, shown in the README):
   * each method's oracle accuracy on held-out prompts is above SFT's, and it wins more than half its comparisons;
   * the RM orders held-out pairs with clean oracle labels better than 0.7 (trained on 20%-noisy labels);
@@ -31,7 +31,7 @@ def test_one_seed_study_every_method_beats_sft(tmp_path):
     # One in-process rank for each single-worker stage: Ray Train's start-up adds nothing here (tests/test_sft.py,
     # test_rm_stage.py and test_dpo_stage.py run the stages on Ray Train workers).
     single = [f"{stage}.resources.in_process=true" for stage in ("sft", "rm", "dpo")]
-    study = run_study([0], tmp_path, METHODS, shortened + single + ["grpo.loop.iterations=30"], log=print)
+    study = run_study([0], tmp_path, METHODS, shortened + single + ["grpo.loop.iterations=20"], log=print)
     rows = study["methods"]
     print(json.dumps({name: {k: r[k] for k in ("sft_accuracy_mean", "accuracy_mean", "gain_mean", "win_rate_mean",
                                                 "kl_mean", "rm_accuracy_clean_mean", "wall_s_mean")}
@@ -51,7 +51,7 @@ def test_one_seed_study_every_method_beats_sft(tmp_path):
     assert rows["ppo"]["kl_mean"] > 0.0  # PPO moved away from SFT; the sampled estimate is positive in practice
     for name in ("grpo", "grpo_oracle"):
         seed = rows[name]["per_seed"][0]
-        assert seed["evaluated"] == "actor_best" and seed["best_iteration"] in (10, 20, 30), seed
+        assert seed["evaluated"] == "actor_best" and seed["best_iteration"] in (10, 20), seed
     assert (tmp_path / "study.png").stat().st_size > 1000 and "GRPO (oracle reward)" in (tmp_path / "study.md").read_text()
     ppo = tmp_path / "seed-0" / "ppo"
     for rel in json.loads((ppo / "report.json").read_text())["plots"].values():
