@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from rlhf.sampling import SamplingParams, generate as sample_completions
+from rlhf.sampling import Completions, SamplingParams, generate as sample_completions
 from rlhf.ppo.config import RolloutSection
 
 
@@ -47,7 +47,7 @@ def sampling_params(rollout: RolloutSection) -> SamplingParams:
 
 
 def generate(engine, prompts: list[list[int]], rollout: RolloutSection, eos_id: int, pad_id: int,
-             seed: int):
+             seed: int) -> tuple[Completions, dict[str, float]]:
     """One response per prompt (KV cache, stop at EOS, each cut after its first EOS).
 
     Returns (completions, {"generation_s", "sync_s", "prompts_truncated"}): the ``rlhf.sampling.Completions``
